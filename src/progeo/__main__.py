@@ -1,0 +1,5 @@
+import sys
+
+from progeo.cli import main
+
+sys.exit(main())
