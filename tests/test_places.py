@@ -9,8 +9,11 @@ import pytest
 
 from progeo.errors import ConfigError, DatasetError
 from progeo.geo import (
+    Place,
+    PlaceList,
     country_labels,
     detect_flavour,
+    haversine_km,
     match_places,
     nearest_places,
     place_key,
@@ -121,6 +124,17 @@ def test_nearest_places(places):
     index, dist = nearest_places([48.85, -23.5, 45.6], [2.35, -46.6, -122.7], places)
     assert index.tolist() == [0, 2, 3]
     assert dist[0] < 1.0 and dist.max() < 20.0
+
+
+def test_nearest_places_matches_brute_force():
+    rng = np.random.default_rng(1)
+    cands = PlaceList([Place(f"c{i}", "X", float(a), float(b))
+                       for i, (a, b) in enumerate(zip(rng.uniform(-90, 90, 60), rng.uniform(-180, 180, 60)))])
+    lat, lon = rng.uniform(-90, 90, 200), rng.uniform(-180, 180, 200)
+    brute = haversine_km(lat[:, None], lon[:, None], cands.lats[None], cands.lons[None])
+    index, dist = nearest_places(lat, lon, cands, chunk=64)
+    np.testing.assert_allclose(dist, brute.min(axis=1), rtol=1e-9)
+    assert (brute[np.arange(200), index] == brute.min(axis=1)).all()
 
 
 # ------------------------------------------------------------------ labelled images

@@ -74,27 +74,29 @@ def _listed(items: Sequence[str], total: int) -> str:
 
 
 def _resolve_images(names: list[str], base: Path, check_files: bool, source: Path) -> list[Path]:
-    paths = [Path(os.path.abspath(base / n)) for n in names]  # an absolute name stays as it is
-    if not check_files:
-        return paths
-    listing: dict[Path, set[str]] = {}
-    for folder in {p.parent for p in paths}:  # one directory listing per folder, not one stat per image
-        listing[folder] = set(os.listdir(folder)) if folder.is_dir() else set()
-    missing = []
-    for i, p in enumerate(paths):
-        if p.name in listing[p.parent]:
-            continue
-        guess = next((s for s in _GUESS_SUFFIXES if not p.suffix and p.name + s in listing[p.parent]), None)
-        if guess:
-            paths[i] = p.with_name(p.name + guess)
-        else:
-            missing.append(names[i])
-    if missing:
-        raise DatasetError(
-            f"{source}: {len(missing)} of {len(paths)} listed images are missing under {base}: "
-            f"{_listed(missing[:_MAX_LISTED], len(missing))}; pass the folder that holds them as the images folder"
-        )
-    return paths
+    root = os.path.abspath(base)
+    paths = [os.path.normpath(os.path.join(root, n)) for n in names]  # an absolute name stays as it is
+    if check_files:
+        listing: dict[str, set[str]] = {}  # one directory listing per folder, not one stat per image
+        missing = []
+        for i, p in enumerate(paths):
+            folder, name = os.path.split(p)
+            if folder not in listing:
+                listing[folder] = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+            if name in listing[folder]:
+                continue
+            has_suffix = bool(os.path.splitext(name)[1])
+            guess = next((x for x in _GUESS_SUFFIXES if not has_suffix and name + x in listing[folder]), None)
+            if guess:
+                paths[i] = p + guess
+            else:
+                missing.append(names[i])
+        if missing:
+            raise DatasetError(
+                f"{source}: {len(missing)} of {len(paths)} listed images are missing under {base}: "
+                f"{_listed(missing[:_MAX_LISTED], len(missing))}; pass the folder that holds them as the images folder"
+            )
+    return [Path(p) for p in paths]
 
 
 def read_labelled_images(
@@ -121,7 +123,8 @@ def read_labelled_images(
             )
     elif flavour not in FLAVOURS:
         raise DatasetError(f"unknown labels flavour {flavour!r}; choose one of {', '.join(FLAVOURS)}")
-    aliases = {"image": _IMAGE, "lat": _LAT, "lon": _LON, "city": _CITY, "country": _COUNTRY}
+    image_aliases = ("img_id", *_IMAGE) if flavour == "im2gps3k" else _IMAGE
+    aliases = {"image": image_aliases, "lat": _LAT, "lon": _LON, "city": _CITY, "country": _COUNTRY}
     cols = {k: _find_column(header, a) for k, a in aliases.items()}
     for need in _REQUIRED[flavour]:
         if cols[need] is None:
@@ -142,7 +145,10 @@ def read_labelled_images(
             problems.append(f"line {line}, {bad_lat or bad_lon}")
             continue
         names.append(get("image"))
-        lats.append(lat), lons.append(lon), cities.append(get("city")), countries.append(get("country"))
+        lats.append(lat)
+        lons.append(lon)
+        cities.append(get("city"))
+        countries.append(get("country"))
     if problems:
         raise DatasetError(
             f"{source}: {len(problems)} row(s) with missing or invalid labels: "

@@ -268,16 +268,23 @@ def world_cities(
     return PlaceList(places, source=f"geonames(min_population={min_population})")
 
 
-def nearest_places(lat: Sequence[float], lon: Sequence[float], places: PlaceList, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Index of the nearest candidate place of each point and its great-circle distance in km."""
+def nearest_places(lat: Sequence[float], lon: Sequence[float], places: PlaceList, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the nearest candidate place of each point and its great-circle distance in km.
+
+    The nearest place is the one of largest dot product between unit vectors (a matrix product,
+    monotone in the great-circle distance); the returned distance is the exact haversine.
+    """
     from progeo.geo.metrics import haversine_km
 
-    lat_a, lon_a = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
+    lat_a, lon_a = np.asarray(lat, dtype=np.float64).ravel(), np.asarray(lon, dtype=np.float64).ravel()
     p_lat, p_lon = places.lats, places.lons
+    cand = _unit_vectors(p_lat, p_lon)
     index = np.empty(lat_a.shape[0], dtype=np.int64)
-    dist = np.empty(lat_a.shape[0], dtype=np.float64)
     for s in range(0, lat_a.shape[0], chunk):
-        d = haversine_km(lat_a[s : s + chunk, None], lon_a[s : s + chunk, None], p_lat[None], p_lon[None])
-        index[s : s + chunk] = d.argmin(axis=1)
-        dist[s : s + chunk] = d[np.arange(d.shape[0]), index[s : s + chunk]]
-    return index, dist
+        index[s : s + chunk] = (_unit_vectors(lat_a[s : s + chunk], lon_a[s : s + chunk]) @ cand.T).argmax(axis=1)
+    return index, haversine_km(lat_a, lon_a, p_lat[index], p_lon[index])
+
+
+def _unit_vectors(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    phi, lam = np.radians(lat), np.radians(lon)
+    return np.stack([np.cos(phi) * np.cos(lam), np.cos(phi) * np.sin(lam), np.sin(phi)], axis=1)
