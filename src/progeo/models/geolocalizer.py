@@ -1,0 +1,240 @@
+"""The geo-localization model: images -> place descriptors (SPEC 1.3).
+
+``GeoLocalizer = backbone (CLIP image tower) + aggregation (descriptor head)``:
+
+- ResNet: last feature map (attention pool dropped) -> :class:`~progeo.models.heads.GeMHead`.
+- ViT: CLIP's image embedding (CLS -> ln_post -> proj) -> :class:`ClipEmbeddingHead`
+  (no normalization by default, as in the paper's code; ``normalize=True`` L2-normalizes).
+
+The eval code's contract: ``model.describe(images, device=...) -> np.ndarray (B x D, float32)``,
+``model.preprocess_config`` (image size, mean, std, interpolation, resize mode) and
+``model.descriptor_dim``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from progeo.device import autocast, prefers_channels_last, resolve_device
+from progeo.errors import ConfigError
+from progeo.models import backbones
+from progeo.models.backbones import ClipModel, PreprocessConfig
+from progeo.models.heads import ClipEmbeddingHead, GeMHead
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a GeoLocalizer (saved as ``config.json``)."""
+
+    arch: str
+    clip_config: dict  # open_clip model config, ``quick_gelu`` included
+    head: str  # "gem" (ResNet) | "clip" (CLIP embedding)
+    fc_output_dim: int
+    preprocess: PreprocessConfig
+    normalize: bool = False  # L2-normalize the CLIP embedding (head "clip"); GeM always normalizes
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.preprocess.image_size
+
+    def to_dict(self) -> dict:
+        return {
+            "format": "progeo-model", "format_version": FORMAT_VERSION, "arch": self.arch, "head": self.head,
+            "fc_output_dim": self.fc_output_dim, "normalize": self.normalize, "image_size": list(self.image_size),
+            "preprocess": self.preprocess.to_dict(), "clip_config": self.clip_config, "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        if d.get("format") != "progeo-model":
+            raise ConfigError(f"not a progeo model config (format={d.get('format')!r})")
+        if int(d.get("format_version", 0)) > FORMAT_VERSION:
+            raise ConfigError(f"model format version {d['format_version']} is newer than this progeo; upgrade progeo")
+        missing = [k for k in ("arch", "head", "fc_output_dim", "preprocess", "clip_config") if k not in d]
+        if missing:
+            raise ConfigError(f"model config lacks field(s) {', '.join(missing)}")
+        if d["head"] not in ("gem", "clip"):
+            raise ConfigError(f"model config head={d['head']!r}; expected 'gem' or 'clip'")
+        return cls(arch=str(d["arch"]), clip_config=dict(d["clip_config"]), head=d["head"],
+                   fc_output_dim=int(d["fc_output_dim"]), preprocess=PreprocessConfig.from_dict(d["preprocess"]),
+                   normalize=bool(d.get("normalize", False)), provenance=dict(d.get("provenance") or {}))
+
+
+class GeoLocalizer(nn.Module):
+    """Image -> descriptor model. Build with :meth:`from_clip`, :meth:`from_config` or ``progeo.load_model``."""
+
+    def __init__(self, backbone: nn.Module, config: ModelConfig):
+        super().__init__()
+        self.family = backbones.visual_family(backbone)
+        if config.head == "gem":
+            if self.family != "resnet":
+                raise ConfigError(f"the GeM head needs a ResNet backbone, {config.arch} is {self.family}")
+            backbone.attnpool = None  # not used by the descriptor, not saved
+            aggregation: nn.Module = GeMHead(backbones.resnet_feature_dim(backbone), config.fc_output_dim)
+        else:
+            aggregation = ClipEmbeddingHead(config.normalize)
+        self.backbone = backbone
+        self.aggregation = aggregation
+        self.config = config
+
+    # -- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def from_clip(cls, clip: ClipModel, *, fc_output_dim: int | None = None, image_size=None,
+                  normalize: bool = False, normalization: str = "clip", provenance: dict | None = None) -> GeoLocalizer:
+        """A descriptor model on a copy of ``clip``'s image tower (the CLIP model is left intact).
+
+        ``fc_output_dim`` defaults to CLIP's embedding size (the paper's sizes: RN50 1024, RN101,
+        ViT-B/16 and ViT-B/32 512); ViT models have no projection head, so it must equal it.
+        ``image_size`` (e.g. 512) resizes ViT position embeddings (bicubic). ``normalization``:
+        ``"clip"`` keeps the weights' mean/std, ``"imagenet"`` records ImageNet's (the authors'
+        stage-2 and test pipelines normalize with it).
+        """
+        family = clip.family
+        dim = int(fc_output_dim or clip.embed_dim)
+        if family != "resnet" and dim != clip.embed_dim:
+            raise ConfigError(
+                f"{clip.arch} descriptors are CLIP's {clip.embed_dim}-d image embedding; "
+                f"fc_output_dim={dim} is not possible (omit it or use {clip.embed_dim})")
+        visual = copy.deepcopy(clip.visual)
+        size = backbones._pair(image_size) if image_size else backbones.image_size_of(visual)
+        backbones.set_image_size(visual, size, resize_attnpool=False)
+        config = ModelConfig(arch=clip.arch, clip_config=copy.deepcopy(clip.model_cfg),
+                             head="gem" if family == "resnet" else "clip", fc_output_dim=dim,
+                             preprocess=clip.preprocess.with_size(size).with_normalization(normalization), normalize=normalize,
+                             provenance={"backbone_weights": clip.source, **(provenance or {})})
+        return cls(visual, config)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> GeoLocalizer:
+        """A randomly initialised model of the architecture described by ``config``."""
+        visual = backbones.build_visual(config.clip_config, image_size=config.image_size)
+        return cls(visual, config)
+
+    # -- properties of the contract ----------------------------------------------------------
+
+    @property
+    def descriptor_dim(self) -> int:
+        return int(self.config.fc_output_dim)
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig:
+        return self.config.preprocess
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.config.image_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # -- computation ---------------------------------------------------------------------------
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """ResNet only: the last conv feature map (B x C x h x w)."""
+        if self.family != "resnet":
+            raise ConfigError(f"feature_map is defined for ResNet backbones; {self.config.arch} is {self.family}")
+        return backbones.resnet_feature_map(self.backbone, images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalized float images (B x 3 x H x W) -> descriptors (B x D); differentiable."""
+        if self.family == "resnet":
+            return self.aggregation(backbones.resnet_feature_map(self.backbone, images))
+        if tuple(images.shape[-2:]) != self.image_size:
+            raise ConfigError(f"{self.config.arch} model expects {self.image_size[0]}x{self.image_size[1]} images "
+                              f"(see model.preprocess_config), got {images.shape[-2]}x{images.shape[-1]}")
+        return self.aggregation(self.backbone(images))
+
+    def describe(self, images, device: str | torch.device | None = None, *, batch_size: int | None = None,
+                 normalized: bool | None = None, amp: bool = True, channels_last: bool | None = None) -> np.ndarray:
+        """Descriptors of a batch of images as a float32 numpy array (B x D), in eval mode.
+
+        ``images``: a tensor or array, B x 3 x H x W or B x H x W x 3 (a single image may omit B).
+        uint8 images (0..255) are scaled and normalized with ``preprocess_config`` on the device;
+        float images are taken as already normalized unless ``normalized=False`` (then in 0..1).
+        ``device``: moves the model there (None: where it is). Mixed precision where the device
+        supports it (``amp``); channels-last for ResNets where it is faster (``channels_last``
+        None = automatic).
+        """
+        dev = resolve_device(device) if device is not None else self.device
+        batch = _as_nchw(images)
+        use_cl = self.family == "resnet" and (prefers_channels_last(dev) if channels_last is None else channels_last)
+        # outside inference mode: parameters moved there would become inference tensors
+        self.to(dev, memory_format=torch.channels_last if use_cl else torch.contiguous_format)
+        self.eval()
+        with torch.inference_mode():
+            return self._describe(batch, dev, batch_size, normalized, amp, use_cl)
+
+    def _describe(self, batch, dev, batch_size, normalized, amp, use_cl) -> np.ndarray:
+        mean = torch.tensor(self.preprocess_config.mean, device=dev).view(1, 3, 1, 1)
+        std = torch.tensor(self.preprocess_config.std, device=dev).view(1, 3, 1, 1)
+        step = batch_size or max(1, batch.shape[0])
+        out = []
+        for start in range(0, batch.shape[0], step):
+            x = batch[start:start + step].to(dev, non_blocking=True)
+            if x.dtype == torch.uint8:
+                x = (x.float() / 255.0 - mean) / std
+            elif normalized is False:
+                x = (x.float() - mean) / std
+            else:
+                x = x.float()
+            if use_cl:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(dev, enabled=amp):
+                out.append(self(x).float().cpu())
+        if not out:
+            return np.zeros((0, self.descriptor_dim), dtype=np.float32)
+        return torch.cat(out).numpy().astype(np.float32, copy=False)
+
+    encode = describe
+
+    # -- training helpers ----------------------------------------------------------------------
+
+    def freeze(self, *, freeze_cnn: int = 2, freeze_trans: int = 6, train_all_layers: bool = False,
+               freeze_embeddings: bool = True) -> list[str]:
+        """Freeze the first backbone layers (SPEC 1.5); returns the names of the trainable parameters."""
+        backbones.freeze_visual(self.backbone, freeze_cnn=freeze_cnn, freeze_trans=freeze_trans,
+                                train_all_layers=train_all_layers, freeze_embeddings=freeze_embeddings)
+        for p in self.aggregation.parameters():
+            p.requires_grad = True
+        return self.trainable_parameter_names()
+
+    def trainable_parameter_names(self) -> list[str]:
+        return [n for n, p in self.named_parameters() if p.requires_grad]
+
+
+def _as_nchw(images) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+    if not isinstance(x, torch.Tensor):
+        raise ConfigError(f"describe() takes a tensor or numpy array of images, got {type(images).__name__}")
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    if x.dim() != 4:
+        raise ConfigError(f"images must be B x 3 x H x W or B x H x W x 3, got shape {tuple(x.shape)}")
+    if x.shape[1] != 3 and x.shape[-1] == 3:
+        x = x.permute(0, 3, 1, 2)
+    if x.shape[1] != 3:
+        raise ConfigError(f"images must have 3 channels (RGB), got shape {tuple(x.shape)}")
+    return x
+
+
+def build_model(backbone: str, *, fc_output_dim: int | None = None, image_size=None, normalize: bool = False,
+                normalization: str = "clip", weights=None, quick_gelu: bool | None = None, cache_dir=None, offline: bool | None = None,
+                device: str | torch.device = "cpu") -> GeoLocalizer:
+    """A new descriptor model on a CLIP backbone (``RN50:openai``, ``ViT-B/16:openai``, ``tiny-rn``...)."""
+    clip = backbones.load_clip(backbone, weights=weights, quick_gelu=quick_gelu, cache_dir=cache_dir, offline=offline)
+    model = GeoLocalizer.from_clip(clip, fc_output_dim=fc_output_dim, image_size=image_size, normalize=normalize,
+                                   normalization=normalization)
+    return model.to(resolve_device(device))
