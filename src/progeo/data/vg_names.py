@@ -15,6 +15,7 @@ field and the expected form. Text fields come back as numpy bytes arrays (``dtyp
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field as dc_field
@@ -112,6 +113,32 @@ def parse_vg_name(path: str, required: Sequence[str] = ()) -> VGName:
     return VGName(**kw)
 
 
+def _num(value: float | None, fmt: str) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+
+
+def format_vg_name(utm_east: float, utm_north: float, utm_zone_number: int | None = None,
+                   utm_zone_letter: str = "", lat: float | None = None, lon: float | None = None,
+                   pano_id: str = "", tile_num: int | None = None, heading: float | None = None,
+                   pitch: float | None = None, roll: float | None = None, height: float | None = None,
+                   timestamp: str = "", note: str = "", extension: str = ".jpg") -> str:
+    """The file name of an image with these labels (None / "" leave a field empty)."""
+    parts = [_num(utm_east, ".2f"), _num(utm_north, ".2f"), _num(utm_zone_number, "d"), utm_zone_letter,
+             _num(lat, ".5f"), _num(lon, ".5f"), pano_id, _num(tile_num, "d"), _num(heading, "g"),
+             _num(pitch, "g"), _num(roll, "g"), _num(height, "g"), timestamp, note]
+    if any("@" in p or "/" in p for p in parts):
+        raise ValueError(f"a field of an image name cannot contain '@' or '/': {parts}")
+    return "@" + "@".join(parts) + "@" + extension
+
+
+def vg_name_from_latlon(lat: float, lon: float, **fields: Any) -> str:
+    """:func:`format_vg_name` with the UTM fields computed from latitude/longitude."""
+    import utm
+
+    east, north, number, letter = utm.from_latlon(lat, lon)
+    return format_vg_name(float(east), float(north), int(number), letter, lat, lon, **fields)
+
+
 def _as_buffer(names: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     if hasattr(names, "buffer") and hasattr(names, "starts"):
         arr = np.frombuffer(names.buffer, dtype=np.uint8)
@@ -201,12 +228,20 @@ def parse_vg_names(names: Any, fields: Sequence[str] = ("utm_east", "utm_north")
     valid = np.ones(n, dtype=bool)
     result = ParsedNames(values, valid)
 
+    pending: list[tuple[int, str | None, str]] = []
+
     def report(i: int, fld: str | None, message: str) -> None:
         valid[i] = False
         result.num_problems += 1
         if len(result.problems) < max_problems:
+            pending.append((i, fld, message))
+
+    def keep_first_problems() -> None:  # chunks come in index order: the first ones are final
+        pending.sort(key=lambda p: p[0])
+        for i, fld, message in pending[: max_problems - len(result.problems)]:
             path = os.fsdecode(arr[starts[i] : ends[i]].tobytes())
             result.problems.append(NameProblem(i, path, fld, message))
+        pending.clear()
 
     for a in range(0, n, _CHUNK):
         s, e = starts[a : a + _CHUNK], ends[a : a + _CHUNK]
@@ -256,6 +291,7 @@ def parse_vg_names(names: Any, fields: Sequence[str] = ("utm_east", "utm_north")
                     text = os.fsdecode(arr[fs[r] : fs[r] + fl[r]].tobytes())
                     report(int(rows[r]), f, _field_message(f, text))
             values[f][rows] = vals
+        keep_first_problems()
     for f, parts in text_parts.items():
         width = max((p[1].dtype.itemsize for p in parts), default=1)
         out = np.zeros(n, dtype=f"S{width}")
@@ -265,7 +301,6 @@ def parse_vg_names(names: Any, fields: Sequence[str] = ("utm_east", "utm_north")
     for f in fields:
         if f in NUMERIC_FIELDS:
             values[f][~valid] = np.nan
-    result.problems.sort(key=lambda p: p.index)
     if errors == "raise" and result.num_problems:
         first = result.problems[0]
         more = result.num_problems - 1
