@@ -33,10 +33,15 @@ class DatasetReport:
     counts: dict[str, object] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    unlisted_problems: int = 0  # counted in "... and K more" lines
+
+    @property
+    def problems_num(self) -> int:
+        return len([p for p in self.problems if not p.startswith("... and ")]) + self.unlisted_problems
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return self.problems_num == 0
 
     def format(self) -> str:
         width = max((len(k) for k in self.counts), default=0)
@@ -46,7 +51,7 @@ class DatasetReport:
             lines.append(f"  {key:<{width}}  {shown}")
         lines += [f"note: {n}" for n in self.notes]
         if self.problems:
-            lines.append(f"problems ({len(self.problems)}):")
+            lines.append(f"problems ({self.problems_num}):")
             lines += [f"  - {p}" for p in self.problems]
         else:
             lines.append("no problems found")
@@ -101,6 +106,7 @@ def _parse(images: ImageList, fields: tuple[str, ...], required: tuple[str, ...]
     for p in parsed.problems:
         report.problems.append(f"malformed name {p.path!r} ({images.origin}): {p.message}")
     if parsed.num_problems > len(parsed.problems):
+        report.unlisted_problems += parsed.num_problems - len(parsed.problems)
         report.problems.append(f"... and {parsed.num_problems - len(parsed.problems)} more problems in "
                                f"{label} names")
     if parsed.num_problems and not any(NAME_TEMPLATE in n for n in report.notes):
