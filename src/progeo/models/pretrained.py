@@ -96,10 +96,10 @@ def missing_weights_message(arch: str, tag: str, cfg: dict, reason: str) -> str:
     hub = _hub_parts(cfg)
     if hub is not None:
         repo, filename = hub
-        where.append(
-            f"the Hugging Face hub repo '{repo}' file '{_hub_filenames(filename)[0]}' "
-            f"(https://huggingface.co/{repo}/resolve/main/{_hub_filenames(filename)[0]})"
-        )
+        names = _hub_filenames(filename)
+        alt = f" (or '{names[1]}')" if len(names) > 1 else ""
+        where.append(f"the Hugging Face hub repo '{repo}' file '{names[0]}'{alt}: "
+                     f"https://huggingface.co/{repo}/resolve/main/{names[0]}")
     return (
         f"pretrained weights {arch}:{tag} are not in the local cache and {reason}. Download "
         + " or ".join(where)
