@@ -62,6 +62,8 @@ def test_test_set_attributes_and_positives(tmp_path, caplog):
     expected = [np.flatnonzero(np.linalg.norm(t.database_utms - q, axis=1) <= 25) for q in t.queries_utms]
     assert [p.tolist() for p in positives] == [e.tolist() for e in expected]
     assert positives[2].size == 0 and t.queries_without_positives.tolist() == [2]
+    indptr, indices = t.positives_csr
+    assert [indices[indptr[q]:indptr[q + 1]].tolist() for q in range(3)] == [p.tolist() for p in positives]
     assert "1 of 3 queries" in caplog.text
     wide = TestSet(ts, "queries_night", positive_dist_threshold=60)
     assert wide.queries_folder == "queries_night" and wide.positives.counts.tolist() == [6, 10, 0]

@@ -21,7 +21,7 @@ from progeo.errors import DatasetError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 PATHS_FILE_SUFFIX = "_images_paths.txt"
-_SCAN_BLOCK = 1 << 25  # bytes scanned per numpy pass (bounds the temporary bool array)
+_SCAN_BLOCK = 1 << 22  # bytes scanned per numpy pass (bounds the temporary bool array)
 
 
 def paths_file_for(folder: str | os.PathLike) -> Path:
@@ -38,18 +38,22 @@ def sample_indices(n: int, k: int) -> np.ndarray:
 
 
 def _line_spans(buffer: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end offsets of the non-blank lines of ``buffer`` (``\\r`` before ``\\n`` dropped)."""
+    """Start and end offsets of the non-blank lines of ``buffer`` (``\r`` before ``\n`` dropped)."""
     arr = np.frombuffer(buffer, dtype=np.uint8)
     parts = [np.flatnonzero(arr[s : s + _SCAN_BLOCK] == 10) + s for s in range(0, arr.size, _SCAN_BLOCK)]
-    newlines = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-    starts = np.concatenate(([0], newlines + 1)).astype(np.int64)
-    ends = np.concatenate((newlines, [arr.size])).astype(np.int64)
-    nonempty = ends > starts
-    cr = np.zeros_like(nonempty)
-    cr[nonempty] = arr[ends[nonempty] - 1] == 13
-    ends -= cr
+    if arr.size and arr[-1] != 10:
+        parts.append(np.array([arr.size]))  # last line without a newline
+    ends = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+    starts = np.empty_like(ends)
+    starts[:1] = 0
+    starts[1:] = ends[:-1] + 1
+    cr = (np.take(arr, ends - 1, mode="clip") == 13) & (ends > starts)
+    if cr.any():
+        ends -= cr
     keep = ends > starts
-    return starts[keep], ends[keep]
+    if not keep.all():
+        starts, ends = starts[keep], ends[keep]
+    return starts, ends
 
 
 class ImageList(Sequence[str]):

@@ -167,6 +167,11 @@ class TestSet:
                            none, self.queries_num, self.root / self.queries_folder, self.positive_dist_threshold)
         return pos
 
+    @property
+    def positives_csr(self) -> tuple[np.ndarray, np.ndarray]:
+        """(indptr, indices): the compact form, e.g. for recall from explicit positives."""
+        return self.positives.indptr, self.positives.indices
+
     def get_positives(self) -> list[np.ndarray]:
         """Per query, the sorted database indices within the threshold (CosPlace contract)."""
         return self.positives.as_list()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field as dc_field
 from typing import Any
 
@@ -221,20 +221,23 @@ def parse_vg_names(names: Any, fields: Sequence[str] = ("utm_east", "utm_north")
     if errors not in ("raise", "collect"):
         raise ValueError("errors must be 'raise' or 'collect'")
     fields = tuple(dict.fromkeys((*fields, *required)))
+    if errors == "raise":
+        max_problems = 1  # only the first one is shown
     arr, starts, ends, origin = _as_buffer(names)
     n = int(starts.size)
     values = {f: (np.full(n, np.nan) if f in NUMERIC_FIELDS else np.zeros(n, dtype="S1")) for f in fields}
-    text_parts: dict[str, list[np.ndarray]] = {f: [] for f in fields if f not in NUMERIC_FIELDS}
+    text_parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {f: [] for f in fields if f not in NUMERIC_FIELDS}
     valid = np.ones(n, dtype=bool)
     result = ParsedNames(values, valid)
 
     pending: list[tuple[int, str | None, str]] = []
 
-    def report(i: int, fld: str | None, message: str) -> None:
-        valid[i] = False
-        result.num_problems += 1
-        if len(result.problems) < max_problems:
-            pending.append((i, fld, message))
+    def report(rows: np.ndarray, fld: str | None, message: Callable[[int], str]) -> None:
+        """Mark ``rows`` (ascending) invalid; describe the first ones (``message(k)`` for rows[k])."""
+        valid[rows] = False
+        result.num_problems += int(rows.size)
+        for k in range(min(int(rows.size), max_problems - len(result.problems))):
+            pending.append((int(rows[k]), fld, message(k)))
 
     def keep_first_problems() -> None:  # chunks come in index order: the first ones are final
         pending.sort(key=lambda p: p[0])
@@ -242,6 +245,9 @@ def parse_vg_names(names: Any, fields: Sequence[str] = ("utm_east", "utm_north")
             path = os.fsdecode(arr[starts[i] : ends[i]].tobytes())
             result.problems.append(NameProblem(i, path, fld, message))
         pending.clear()
+
+    def text_of(fs: np.ndarray, fl: np.ndarray, r: int) -> str:
+        return os.fsdecode(arr[fs[r] : fs[r] + fl[r]].tobytes())
 
     for a in range(0, n, _CHUNK):
         s, e = starts[a : a + _CHUNK], ends[a : a + _CHUNK]
@@ -255,13 +261,13 @@ def parse_vg_names(names: Any, fields: Sequence[str] = ("utm_east", "utm_north")
         ats = np.flatnonzero(seg == 64) + b0
         first = np.searchsorted(ats, name_start)  # the '@' of each name, by a merge of sorted arrays
         count = np.searchsorted(ats, e) - first
-        good = (count == _SEPARATORS) & (np.take(arr, name_start, mode="clip") == 64) & (name_start < e)
-        for i in np.flatnonzero(~good):
-            begins = name_start[i] < e[i] and arr[name_start[i]] == 64
-            report(a + int(i), None,
-                   f"expected the file name to start with '@' and hold {len(FIELDS)} fields between "
-                   f"{_SEPARATORS} '@', found {int(count[i])} '@'"
-                   + ("" if begins else " and a name that does not start with '@'"))
+        begins = (np.take(arr, name_start, mode="clip") == 64) & (name_start < e)
+        good = (count == _SEPARATORS) & begins
+        bad = np.flatnonzero(~good)
+        report(bad + a, None, lambda j: (
+            f"expected the file name to start with '@' and hold {len(FIELDS)} fields between "
+            f"{_SEPARATORS} '@', found {int(count[bad[j]])} '@'"
+            + ("" if begins[bad[j]] else " and a name that does not start with '@'")))
         pos = ats[first[good][:, None] + np.arange(_SEPARATORS)] if ats.size else np.zeros((0, _SEPARATORS), np.int64)
         rows = np.flatnonzero(good) + a
         for f in fields:
@@ -269,27 +275,24 @@ def parse_vg_names(names: Any, fields: Sequence[str] = ("utm_east", "utm_north")
             fs = pos[:, fi] + 1
             fl = pos[:, fi + 1] - fs
             if f not in NUMERIC_FIELDS:
-                text_parts[f].append((rows, _gather_text(arr, fs, fl)))  # type: ignore[arg-type]
+                text_parts[f].append((rows, _gather_text(arr, fs, fl)))
                 if f in required:
-                    for r in np.flatnonzero(fl == 0):
-                        report(int(rows[r]), f, _field_message(f, ""))
+                    report(rows[fl == 0], f, lambda j, f=f: _field_message(f, ""))
                 continue
             vals, fallback = _parse_decimal(arr, fs, fl)
             empty = fl == 0
             vals[empty] = np.nan
             unreadable = np.zeros(fl.size, dtype=bool)
-            for r in np.flatnonzero(fallback & ~empty):
-                text = os.fsdecode(arr[fs[r] : fs[r] + fl[r]].tobytes())
+            for r in np.flatnonzero(fallback & ~empty):  # '1e3', 'nan', or not a number at all
                 try:
-                    vals[r] = float(text)
+                    vals[r] = float(text_of(fs, fl, r))
                 except ValueError:
                     vals[r] = np.nan
                     unreadable[r] = True
-                    report(int(rows[r]), f, _field_message(f, text))
             if f in required:
-                for r in np.flatnonzero(~np.isfinite(vals) & ~unreadable):
-                    text = os.fsdecode(arr[fs[r] : fs[r] + fl[r]].tobytes())
-                    report(int(rows[r]), f, _field_message(f, text))
+                unreadable |= ~np.isfinite(vals)
+            idx = np.flatnonzero(unreadable)
+            report(rows[idx], f, lambda j, f=f, fs=fs, fl=fl, idx=idx: _field_message(f, text_of(fs, fl, idx[j])))
             values[f][rows] = vals
         keep_first_problems()
     for f, parts in text_parts.items():
