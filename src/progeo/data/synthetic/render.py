@@ -1,0 +1,325 @@
+"""Vectorized ray caster: street-level perspective views of a :class:`CityMap`.
+
+All columns of all views of a batch are cast at once. Per column, a 2-D ray is marched through
+the building raster (fixed steps, growing with distance) and the hit is refined to the exact
+cell face, giving the distance, building id and facade coordinate ``u``; a second march finds
+trees and lamp posts in front of the wall. Per pixel, the row's elevation decides between
+facade (perspective-correct height ``z``), ground (road, paint, sidewalk) and sky; then thin
+objects, lighting, haze, weather, occluders and sensor noise are applied.
+Headings are compass degrees (0 = north, 90 = east); pitch is positive upwards.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from progeo.data.synthetic.cities import glyph_set
+from progeo.data.synthetic.citymap import LAMP, CityMap
+from progeo.data.synthetic.conditions import Conditions, lighting
+from progeo.data.synthetic.environment import shade_ground, shade_sky
+from progeo.data.synthetic.facade import facade_top, palette, resolve, shade_facade
+from progeo.data.synthetic.noise import hash01
+from progeo.data.synthetic.objects import shade_thin
+from progeo.data.synthetic.occluders import KIND_NAMES, Occluders, draw_occluders
+
+CHUNKS = ((0.3, 24.0, 0.2), (24.0, 64.0, 0.35), (64.0, 180.0, 0.6))
+THIN_MAX = 70.0
+FAR = 1e5
+_GLYPHS: dict[str, np.ndarray] = {}
+
+
+def _glyphs(family: str) -> np.ndarray:
+    if family not in _GLYPHS:
+        _GLYPHS[family] = glyph_set(family)
+    return _GLYPHS[family]
+
+
+@dataclass(frozen=True)
+class Camera:
+    x: float
+    y: float
+    heading: float
+    pitch: float = 0.0
+    fov: float = 75.0
+    height: float = 2.5
+
+
+@dataclass
+class ViewInfo:
+    """What one view shows, for captions: building ids by visible area, and area shares."""
+
+    buildings: list[int] = field(default_factory=list)
+    wall: float = 0.0
+    sky: float = 0.0
+    trees: float = 0.0
+    signs: float = 0.0
+    lamps: float = 0.0
+    occluders: list[str] = field(default_factory=list)
+
+
+def march(grid: np.ndarray, half: float, res: float, ox, oy, dx, dy, t_max: float, empty: int):
+    """First sample in a non-``empty`` cell along each ray: (t, flat cell index, step before).
+
+    ``t`` is inf and the cell -1 where nothing is hit within ``t_max``.
+    """
+    n = grid.shape[0]
+    flat = grid.reshape(-1)
+    inv = np.float32(1.0 / res)
+    t_hit = np.full(ox.shape, np.inf, dtype=np.float32)
+    step_hit = np.zeros(ox.shape, dtype=np.float32)
+    cell = np.full(ox.shape, -1, dtype=np.int64)
+    active = np.arange(ox.size)
+    for a, b, step in CHUNKS:
+        if a >= t_max or active.size == 0:
+            break
+        ts = np.arange(a, min(b, t_max), step, dtype=np.float32)[:, None]
+        ix = ((ox[active] + half) * inv + ts * (dx[active] * inv)).astype(np.int32)
+        iy = ((oy[active] + half) * inv + ts * (dy[active] * inv)).astype(np.int32)
+        np.clip(ix, 0, n - 1, out=ix)
+        np.clip(iy, 0, n - 1, out=iy)
+        idx = ix * n + iy
+        hit = flat[idx] != empty
+        anyhit = hit.any(axis=0)
+        first = hit.argmax(axis=0)
+        got = np.nonzero(anyhit)[0]
+        t_hit[active[got]] = ts[first[got], 0]
+        step_hit[active[got]] = step
+        cell[active[got]] = idx[first[got], got]
+        active = active[~anyhit]
+    return t_hit, cell, step_hit
+
+
+def _refine(grid, t, step, cell, half, res, ox, oy, dx, dy):
+    """Exact entry into the first occupied cell between the last free sample and the hit.
+
+    Returns (t, cell, entered through an x-face). When the ray changed both column and row
+    between the samples, the corner cell it crossed first decides which face was hit.
+    """
+    n = grid.shape[0]
+    inv = 1.0 / res
+    t = np.where(np.isfinite(t), t, np.float32(0.0))
+    ix1, iy1 = cell // n, cell % n
+    t0 = t - step
+    ix0 = np.clip(((ox + t0 * dx + half) * inv).astype(np.int64), 0, n - 1)
+    iy0 = np.clip(((oy + t0 * dy + half) * inv).astype(np.int64), 0, n - 1)
+    xb = (ix1 + (dx < 0)) * res - half
+    yb = (iy1 + (dy < 0)) * res - half
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tx = np.where((ix0 != ix1) & (np.abs(dx) > 1e-7), (xb - ox) / dx, -np.inf)
+        ty = np.where((iy0 != iy1) & (np.abs(dy) > 1e-7), (yb - oy) / dy, -np.inf)
+    both = np.isfinite(tx) & np.isfinite(ty)
+    x_first = tx < ty
+    mid = np.where(x_first, ix1 * n + iy0, ix0 * n + iy1)
+    mid_hit = both & (grid.reshape(-1)[np.where(both, mid, 0)] != 0)
+    t_in = np.where(mid_hit, np.minimum(tx, ty), np.maximum(tx, ty))
+    xface = np.where(mid_hit, x_first, tx > ty)
+    cell = np.where(mid_hit, mid, cell)
+    t_in = np.where(np.isfinite(t_in), t_in, t)
+    return np.clip(t_in, 0.05, t).astype(np.float32), cell, xface
+
+
+def render_batch(cmap: CityMap, cams: list[Camera], cond: Conditions | None = None, size: int = 128,
+                 seed: int = 0, occluders: Occluders | None = None):
+    """Render ``cams`` under ``cond``; returns uint8 images (N, size, size, 3) and ViewInfos."""
+    cond = cond or Conditions()
+    light = lighting(cond)
+    S, N = int(size), len(cams)
+    C = N * S
+    T = cmap.buildings
+    view = np.repeat(np.arange(N), S)
+    col = np.tile(np.arange(S, dtype=np.float32), N)
+    f_view = np.array([(S / 2) / math.tan(math.radians(c.fov) / 2) for c in cams], np.float32)
+    fc = f_view[view]
+    theta = np.arctan((col + 0.5 - S / 2) / fc)
+    phi = np.radians(np.array([c.heading for c in cams], np.float32))[view] + theta
+    dx, dy = np.sin(phi).astype(np.float32), np.cos(phi).astype(np.float32)
+    ox = np.array([c.x for c in cams], np.float32)[view]
+    oy = np.array([c.y for c in cams], np.float32)[view]
+    cam_h = np.array([c.height for c in cams], np.float32)[view]
+    cos_t = np.cos(theta)
+
+    t_s, cell, step = march(cmap.building, cmap.half, cmap.res, ox, oy, dx, dy, CHUNKS[-1][1], 0)
+    hit = cell >= 0
+    t_hit, cell, xface = _refine(cmap.building, t_s, step, np.maximum(cell, 0), cmap.half, cmap.res,
+                                 ox, oy, dx, dy)
+    bid = np.where(hit, cmap.building.reshape(-1)[cell], 0)
+    t_hit = np.where(hit, t_hit, np.inf)
+    hx, hy = ox + t_hit * dx, oy + t_hit * dy
+    u = np.where(xface, hy - T.y0[bid], hx - T.x0[bid])
+    w = np.where(xface, T.y1[bid] - T.y0[bid], T.x1[bid] - T.x0[bid])
+    u = np.where(hit, u, 0.0).astype(np.float32)
+    nx = np.where(xface, -np.sign(dx), 0.0)
+    ny = np.where(xface, 0.0, -np.sign(dy))
+    depth_w = np.where(hit, t_hit * cos_t, FAR).astype(np.float32)
+    top = np.where(hit, facade_top(T, bid, u, w), -1.0)
+
+    rows = (S / 2 - np.arange(S, dtype=np.float32) - 0.5)[:, None]
+    vp = rows / fc[None, :]
+    tp = np.tan(np.radians(np.array([c.pitch for c in cams], np.float32)))[view]
+    v = (vp + tp) / (1 - vp * tp) if np.any(tp != 0) else vp
+    z = cam_h + v * depth_w
+    wall = hit & (z >= 0) & (z < top)
+    grd = ~wall & (v < 0)
+    depth = np.where(wall, depth_w, np.float32(0.0))
+
+    # Facades (computed for the whole frame, column-wise), lit by ambient light, the sun on
+    # faces turned to it, and street lamps at night.
+    glyphs = _glyphs(cmap.style.glyphs)
+    slot, shade, emission, sign = shade_facade(T, glyphs, cond.year, bid, u, w, depth_w / fc, z,
+                                               light.emit > 0)
+    table = palette(T, bid, cond.year)
+    lam = np.clip(nx * light.sun_dir[0] + ny * light.sun_dir[1], 0, 1) * math.cos(light.sun_elev)
+    shade_col = light.ambient[None, :] + light.sun[None, :] * lam[:, None]
+    zc = np.clip(z, 0.0, 50.0)
+    shade *= 1.0 - 0.3 * np.exp(-zc / 0.6)
+    table = table * shade_col[:, None, :]
+    img = resolve(table, slot)
+    img *= shade[..., None]
+    lamp_pos = _lamps_near(cmap, cams) if light.lamps else None
+    if lamp_pos is not None:
+        img += resolve(palette(T, bid, cond.year), slot) * (shade * _lamp_light(lamp_pos, hx[None], hy[None], zc))[..., None]
+    if emission is not None:
+        eslot, estr = emission
+        img += resolve(palette(T, bid, cond.year), eslot) * (estr * np.float32(light.emit))[..., None]
+
+    flat_img = img.reshape(-1, 3)
+    flat_depth = depth.reshape(-1)
+    v_flat = v.reshape(-1) if v.shape == (S, C) else np.broadcast_to(v, (S, C)).reshape(-1)
+
+    # Ground.
+    pg = np.flatnonzero(grd)
+    cg = pg % C
+    dg = cam_h[cg] / -v_flat[pg]
+    tg = dg / cos_t[cg]
+    gx, gy = ox[cg] + tg * dx[cg], oy[cg] + tg * dy[cg]
+    ground_rgb = shade_ground(cmap, gx, gy, dg / fc[cg], cond, light)
+    g_lit = light.ambient + light.sun * math.sin(light.sun_elev)
+    if lamp_pos is not None:
+        ground_rgb *= g_lit + _lamp_light(lamp_pos, gx, gy, np.zeros_like(gx))[:, None]
+    else:
+        ground_rgb *= g_lit
+    if light.wet > 0 and not cond.snow:  # wet asphalt mirrors the sky a little
+        ground_rgb += 0.12 * light.horizon
+    flat_img[pg] = ground_rgb
+    flat_depth[pg] = dg
+
+    # Sky.
+    ps = np.flatnonzero(~wall & ~grd)
+    cs = ps % C
+    flat_img[ps] = shade_sky(phi[cs], v_flat[ps], cond, light, seed % 9973)
+
+    # Trees and lamp posts in front of the walls.
+    t_thin, tcell, _ = march(cmap.thin, cmap.half, cmap.res, ox, oy, dx, dy, THIN_MAX, -1)
+    tcols = np.nonzero((tcell >= 0) & (t_thin < t_hit))[0]
+    tree_px = np.zeros(N)
+    lamp_px = np.zeros(N)
+    if tcols.size:
+        k = cmap.thin.reshape(-1)[tcell[tcols]]
+        obj = cmap.thin_objs
+        rx, ry = obj.x[k] - ox[tcols], obj.y[k] - oy[tcols]
+        along = rx * dx[tcols] + ry * dy[tcols]
+        lateral = rx * dy[tcols] - ry * dx[tcols]
+        dc = np.maximum(along * cos_t[tcols], 0.3)
+        zt = cam_h[tcols] + v[:, tcols] * dc
+        rr, jj, alb, em, glow = shade_thin(obj, k, lateral, dc / fc[tcols], zt, cond.season, cond.snow,
+                                           light.lamps)
+        pt = rr * C + tcols[jj]
+        t_lit = light.ambient + light.sun * 0.6
+        if lamp_pos is not None:
+            t_lit = t_lit + _lamp_light(lamp_pos, obj.x[k[jj]], obj.y[k[jj]], np.clip(zt[rr, jj], 0, 50))[:, None] * 0.7
+        rgb = alb * t_lit
+        if em is not None:
+            rgb += em * np.float32(light.emit)
+        flat_img[pt] = rgb
+        flat_depth[pt] = dc[jj]
+        if glow is not None:
+            img[:, tcols] += glow[..., None] * np.array([1.0, 0.85, 0.55], np.float32)
+        per_col = np.bincount(jj, minlength=tcols.size)
+        is_lamp = obj.kind[k] == LAMP
+        np.add.at(lamp_px, view[tcols[is_lamp]], per_col[is_lamp])
+        np.add.at(tree_px, view[tcols[~is_lamp]], per_col[~is_lamp])
+        wall.reshape(-1)[pt] = False
+        sign.reshape(-1)[pt] = False
+
+    # Haze / fog by distance (sky pixels have depth 0: unchanged), and exposure to 0..255.
+    gain = np.float32(255.0 * cond.exposure)
+    fogf = np.exp(depth * np.float32(-1.0 / light.haze_dist))
+    img *= (fogf * gain)[..., None]
+    img += ((1.0 - fogf) * gain)[..., None] * light.haze
+
+    images = np.ascontiguousarray(img.reshape(S, N, S, 3).transpose(1, 0, 2, 3))
+    depths = np.ascontiguousarray(depth.reshape(S, N, S).transpose(1, 0, 2))
+    depths[depths == 0] = FAR
+    infos = _infos(N, S, view, bid, wall, sign & wall, cs, tree_px, lamp_px)
+    occ = occluders if occluders is not None else Occluders.empty()
+    occ_rgb = (light.ambient + light.sun * 0.7) * gain
+    for i, cam in enumerate(cams):
+        if len(occ):
+            kinds = draw_occluders(images[i], depths[i], cam, float(f_view[i]), occ, occ_rgb, light.lamps, gain)
+            infos[i].occluders = [KIND_NAMES[k] for k in kinds]
+    _weather(images, cond, seed)
+    np.clip(images, 0.0, 255.0, out=images)
+    return images.astype(np.uint8), infos
+
+
+def _lamps_near(cmap: CityMap, cams, radius: float = 45.0, limit: int = 10):
+    obj = cmap.thin_objs
+    sel = np.nonzero(obj.kind == LAMP)[0]
+    cx = np.mean([c.x for c in cams])
+    cy = np.mean([c.y for c in cams])
+    d2 = (obj.x[sel] - cx) ** 2 + (obj.y[sel] - cy) ** 2
+    near = sel[np.argsort(d2)[:limit]]
+    near = near[(obj.x[near] - cx) ** 2 + (obj.y[near] - cy) ** 2 < radius ** 2]
+    return np.stack([obj.x[near], obj.y[near], obj.height[near]], 1) if near.size else None
+
+
+def _lamp_light(lamps, x, y, z):
+    out = np.zeros(x.shape, dtype=np.float32)
+    for lx, ly, lz in lamps:
+        d2 = (x - lx) ** 2 + (y - ly) ** 2 + (z - lz) ** 2
+        out += 0.55 / (1.0 + d2 / 10.0)
+    return out
+
+
+def _infos(N, S, view, bid, wall, sign, cs, tree_px, lamp_px) -> list[ViewInfo]:
+    npx = float(S * S)
+    wall_col = wall.sum(0)
+    wall_px = np.bincount(view, weights=wall_col, minlength=N)
+    sign_px = np.bincount(view, weights=sign.sum(0), minlength=N)
+    sky_px = np.bincount(view[cs], minlength=N)
+    infos = []
+    for i in range(N):
+        sl = slice(i * S, (i + 1) * S)
+        per_b = np.bincount(bid[sl], weights=wall_col[sl])
+        per_b[0] = 0
+        order = np.argsort(-per_b, kind="stable")[:3]
+        infos.append(ViewInfo(
+            buildings=[int(j) for j in order if per_b[j] > 0.04 * npx],
+            wall=wall_px[i] / npx, sky=sky_px[i] / npx, trees=tree_px[i] / npx,
+            signs=sign_px[i] / npx, lamps=lamp_px[i] / npx,
+        ))
+    return infos
+
+
+def _weather(images: np.ndarray, cond: Conditions, seed: int) -> None:
+    N, S = images.shape[:2]
+    r = np.arange(S, dtype=np.float32)[:, None]
+    c = np.arange(S, dtype=np.float32)[None, :]
+    for i in range(N):
+        s = (seed * 131 + i * 7919) % 2**31
+        if cond.weather == "rain":
+            slant = c + r * 0.22
+            lane = np.floor(slant / 1.5)
+            phase = hash01(lane, s) * S
+            streak = (hash01(lane, np.floor((r + phase) / (S * 0.12)), s + 1) < 0.12) & \
+                     ((slant % 1.5) < 0.6)
+            images[i][streak] = images[i][streak] * 0.6 + 82.0
+            images[i] *= 0.85
+        elif cond.snow and cond.weather in ("overcast", "fog"):
+            flake = hash01(r, c, s + 2) < 0.012
+            images[i][flake] = 235.0
+        grain = hash01(r, c, s + 3) * 9.0 - 4.0  # sensor noise, and +0.5 for rounding
+        images[i] += grain[..., None]
