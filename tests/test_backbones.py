@@ -228,3 +228,12 @@ def test_image_size_errors(vit, rn):
         GeoLocalizer.from_clip(rn, image_size=100)
     with pytest.raises(ConfigError, match="fc_output_dim=32 is not possible"):
         GeoLocalizer.from_clip(vit, fc_output_dim=32)
+
+
+def test_models_command_lists_paper_and_tiny_backbones(capsys):
+    from progeo.cli import main as cli_main
+
+    assert cli_main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-rn" in out and "tiny-vit" in out
+    assert any(line.startswith("ViT-B-16") and "openai" in line for line in out.splitlines())

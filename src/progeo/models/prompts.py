@@ -49,6 +49,10 @@ class TokenizedTemplate:
 def tokenize_template(template: str, tokenizer, placeholder: str = PLACEHOLDER) -> TokenizedTemplate:
     """Tokenize a prompt template and locate its placeholder run and end-of-text token."""
     tokens = tokenizer([template]).long()
+    encode = getattr(tokenizer, "encode", None)
+    context = tokens.shape[1]
+    if encode is not None and len(encode(template)) + 2 > context:
+        raise ConfigError(f"prompt template {template!r} is longer than the {context}-token context; shorten it")
     probe = tokenizer([placeholder])[0].tolist()
     if len([t for t in probe if t != 0]) != 3:
         raise ConfigError(f"placeholder {placeholder!r} is not a single token for this tokenizer; use e.g. 'X'")
@@ -59,10 +63,6 @@ def tokenize_template(template: str, tokenizer, placeholder: str = PLACEHOLDER) 
     start, n_ctx = positions[0], len(positions)
     if positions != list(range(start, start + n_ctx)):
         raise ConfigError(f"the {placeholder!r} placeholders of {template!r} must be consecutive words")
-    encode = getattr(tokenizer, "encode", None)
-    context = tokens.shape[1]
-    if encode is not None and len(encode(template)) + 2 > context:
-        raise ConfigError(f"prompt template {template!r} is longer than the {context}-token context; shorten it")
     eot_id = getattr(tokenizer, "eot_token_id", None)
     if eot_id is not None and (tokens[0] == eot_id).any():
         eot = int((tokens[0] == eot_id).nonzero()[0, 0])

@@ -114,6 +114,8 @@ def describe_mismatch(
         return "x".join(map(str, t.shape)) or "scalar"
 
     def few(keys: list[str], table: Mapping[str, torch.Tensor]) -> str:
+        stats = ("num_batches_tracked", "running_mean", "running_var")
+        keys = sorted(keys, key=lambda k: k.endswith(stats))  # weights first: they tell more (stable sort)
         shown = ", ".join(f"{k} [{shape(table[k])}]" for k in keys[:limit])
         return shown + (f" ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
