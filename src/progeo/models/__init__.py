@@ -14,6 +14,7 @@ _EXPORTS = {
     "PromptLearner": "prompts", "save_prompts": "prompts", "load_prompts": "prompts",
     "save_model": "checkpoints", "load_model": "checkpoints", "read_model_config": "checkpoints",
     "import_checkpoint": "importers", "import_prompts": "importers",
+    "freeze_visual": "freezing",
     "GeM": "heads", "L2Norm": "heads", "GeMHead": "heads", "ClipEmbeddingHead": "heads",
     "PAPER_BACKBONES": "registry", "TINY_ARCHITECTURES": "registry", "list_architectures": "registry",
 }

@@ -25,6 +25,7 @@ from progeo.device import autocast, prefers_channels_last, resolve_device
 from progeo.errors import ConfigError
 from progeo.models import backbones
 from progeo.models.backbones import ClipModel, PreprocessConfig
+from progeo.models.freezing import freeze_visual
 from progeo.models.heads import ClipEmbeddingHead, GeMHead
 
 log = logging.getLogger(__name__)
@@ -165,12 +166,12 @@ class GeoLocalizer(nn.Module):
         uint8 images (0..255) are scaled and normalized with ``preprocess_config`` on the device;
         float images are taken as already normalized unless ``normalized=False`` (then in 0..1).
         ``device``: moves the model there (None: where it is). Mixed precision where the device
-        supports it (``amp``); channels-last for ResNets where it is faster (``channels_last``
-        None = automatic).
+        supports it (``amp``); channels-last memory layout if ``channels_last`` (None: for
+        ResNets on devices where convolutions prefer it).
         """
         dev = resolve_device(device) if device is not None else self.device
         batch = _as_nchw(images)
-        use_cl = self.family == "resnet" and (prefers_channels_last(dev) if channels_last is None else channels_last)
+        use_cl = (self.family == "resnet" and prefers_channels_last(dev)) if channels_last is None else channels_last
         # outside inference mode: parameters moved there would become inference tensors
         self.to(dev, memory_format=torch.channels_last if use_cl else torch.contiguous_format)
         self.eval()
@@ -205,7 +206,7 @@ class GeoLocalizer(nn.Module):
     def freeze(self, *, freeze_cnn: int = 2, freeze_trans: int = 6, train_all_layers: bool = False,
                freeze_embeddings: bool = True) -> list[str]:
         """Freeze the first backbone layers (SPEC 1.5); returns the names of the trainable parameters."""
-        backbones.freeze_visual(self.backbone, freeze_cnn=freeze_cnn, freeze_trans=freeze_trans,
+        freeze_visual(self.backbone, freeze_cnn=freeze_cnn, freeze_trans=freeze_trans,
                                 train_all_layers=train_all_layers, freeze_embeddings=freeze_embeddings)
         for p in self.aggregation.parameters():
             p.requires_grad = True
