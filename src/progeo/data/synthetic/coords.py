@@ -1,7 +1,7 @@
 """Local metric frames of the synthetic cities, converted to UTM and WGS84 with ``utm``.
 
 A city's local frame has x pointing east and y pointing north, in metres, with its origin at
-the city's real centre. A point's UTM position is the origin's UTM position plus (x, y) in the
+the city's real centre, rounded to 10 m. A point's UTM position is the origin's UTM position plus (x, y) in the
 origin's zone, and its latitude/longitude is the exact inverse of that UTM position, so the
 two agree to the precision written into the file names (UTM 0.01 m, lat/lon 1e-6 degree).
 """
@@ -30,8 +30,10 @@ class UTMFrame:
 
 def city_frame(lat: float, lon: float) -> UTMFrame:
     east, north, number, letter = utm.from_latlon(lat, lon)
-    # Round the origin to whole metres so that local and UTM coordinates differ by integers.
-    return UTMFrame(float(np.round(east)), float(np.round(north)), int(number), str(letter))
+    # Round the origin to a multiple of 10 m: the local 10 m grid (street centrelines on 10 k + 5)
+    # is then the UTM grid of CosPlace cells.
+    return UTMFrame(float(np.round(east / 10.0) * 10.0), float(np.round(north / 10.0) * 10.0),
+                    int(number), str(letter))
 
 
 def local_to_utm(frame: UTMFrame, x, y) -> tuple[np.ndarray, np.ndarray]:

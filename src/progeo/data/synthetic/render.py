@@ -277,7 +277,7 @@ def _lamps_near(cmap: CityMap, cams, radius: float = 45.0, limit: int = 10):
 
 
 def _lamp_light(lamps, x, y, z):
-    out = np.zeros(x.shape, dtype=np.float32)
+    out = np.zeros(np.broadcast_shapes(np.shape(x), np.shape(y), np.shape(z)), dtype=np.float32)
     for lx, ly, lz in lamps:
         d2 = (x - lx) ** 2 + (y - ly) ** 2 + (z - lz) ** 2
         out += 0.55 / (1.0 + d2 / 10.0)
