@@ -11,6 +11,7 @@ from progeo.errors import CheckpointError, ConfigError
 from progeo.models import backbones, pretrained, registry
 from progeo.models.backbones import load_clip
 from progeo.models.geolocalizer import GeoLocalizer
+from progeo.models.inference import encode_images, encode_texts
 
 
 @pytest.fixture(scope="module")
@@ -237,3 +238,24 @@ def test_models_command_lists_paper_and_tiny_backbones(capsys):
     out = capsys.readouterr().out
     assert "tiny-rn" in out and "tiny-vit" in out
     assert any(line.startswith("ViT-B-16") and "openai" in line for line in out.splitlines())
+
+
+@pytest.mark.parametrize("fixture", ["rn", "vit"])
+def test_encode_images_and_texts_match_open_clip(request, fixture):
+    clip = request.getfixturevalue(fixture)
+    images = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8)  # NHWC uint8, as decoded
+    mean = torch.tensor(clip.preprocess.mean).view(1, 3, 1, 1)
+    std = torch.tensor(clip.preprocess.std).view(1, 3, 1, 1)
+    x = (images.permute(0, 3, 1, 2).float() / 255 - mean) / std
+    with torch.no_grad():
+        reference = clip.model.eval().encode_image(x)
+        text_ref = clip.model.encode_text(clip.tokenizer()(["a street", "a city at night"]), normalize=True)
+    feats = encode_images(clip, images, batch_size=2)
+    assert feats.dtype.name == "float32" and feats.shape == (3, 64)
+    torch.testing.assert_close(torch.from_numpy(feats), reference, rtol=1e-4, atol=1e-5)
+    unit = encode_images(clip, images, normalize=True)
+    torch.testing.assert_close(torch.from_numpy(unit).norm(dim=1), torch.ones(3))
+    texts = encode_texts(clip, ["a street", "a city at night"], normalize=True)
+    torch.testing.assert_close(torch.from_numpy(texts), text_ref, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match=r"need 64x64 images \(clip.preprocess\), got 32x32"):
+        encode_images(clip, torch.zeros(1, 3, 32, 32, dtype=torch.uint8))

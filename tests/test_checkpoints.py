@@ -150,6 +150,8 @@ def _cosplace_state(model: GeoLocalizer, sequential: bool) -> dict[str, torch.Te
     if not sequential:
         for k, v in clip.visual.attnpool.state_dict().items():
             state[f"module.backbone.attnpool.{k}"] = v
+    if not sequential:  # some exporters drop the batch-norm counters
+        state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     for k, v in model.aggregation.state_dict().items():
         state[f"module.aggregation.{k}"] = v.clone()
     state["module.token_embedding.weight"] = clip.model.token_embedding.weight.detach()

@@ -15,6 +15,7 @@ _EXPORTS = {
     "save_model": "checkpoints", "load_model": "checkpoints", "read_model_config": "checkpoints",
     "import_checkpoint": "importers", "import_prompts": "importers",
     "freeze_visual": "freezing",
+    "encode_images": "inference", "encode_texts": "inference",
     "GeM": "heads", "L2Norm": "heads", "GeMHead": "heads", "ClipEmbeddingHead": "heads",
     "PAPER_BACKBONES": "registry", "TINY_ARCHITECTURES": "registry", "list_architectures": "registry",
 }

@@ -20,7 +20,7 @@ from torch import nn
 from progeo.errors import ConfigError
 from progeo.models import registry
 from progeo.models.pretrained import resolve_pretrained
-from progeo.models.state_dicts import CLIP_EXTRA_KEYS, check_state_dict, read_state_dict
+from progeo.models.state_dicts import CLIP_EXTRA_KEYS, check_state_dict, fill_bn_counters, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def load_clip_weights(model: nn.Module, state: dict[str, torch.Tensor], context:
         state["logit_scale"] = state["logit_scale"].reshape(expected["logit_scale"].shape)
     if "visual.positional_embedding" in state:
         open_clip.model.resize_pos_embed(state, model)
-    check_state_dict(expected, state, context)
+    check_state_dict(expected, fill_bn_counters(expected, state), context)
     model.load_state_dict(state)
 
 

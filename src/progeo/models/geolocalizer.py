@@ -21,12 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from progeo.device import autocast, prefers_channels_last, resolve_device
+from progeo.device import prefers_channels_last, resolve_device
 from progeo.errors import ConfigError
 from progeo.models import backbones
 from progeo.models.backbones import ClipModel, PreprocessConfig
 from progeo.models.freezing import freeze_visual
 from progeo.models.heads import ClipEmbeddingHead, GeMHead
+from progeo.models.inference import prepare, run_batched
 
 log = logging.getLogger(__name__)
 
@@ -170,34 +171,10 @@ class GeoLocalizer(nn.Module):
         ResNets on devices where convolutions prefer it).
         """
         dev = resolve_device(device) if device is not None else self.device
-        batch = _as_nchw(images)
         use_cl = (self.family == "resnet" and prefers_channels_last(dev)) if channels_last is None else channels_last
-        # outside inference mode: parameters moved there would become inference tensors
-        self.to(dev, memory_format=torch.channels_last if use_cl else torch.contiguous_format)
-        self.eval()
-        with torch.inference_mode():
-            return self._describe(batch, dev, batch_size, normalized, amp, use_cl)
-
-    def _describe(self, batch, dev, batch_size, normalized, amp, use_cl) -> np.ndarray:
-        mean = torch.tensor(self.preprocess_config.mean, device=dev).view(1, 3, 1, 1)
-        std = torch.tensor(self.preprocess_config.std, device=dev).view(1, 3, 1, 1)
-        step = batch_size or max(1, batch.shape[0])
-        out = []
-        for start in range(0, batch.shape[0], step):
-            x = batch[start:start + step].to(dev, non_blocking=True)
-            if x.dtype == torch.uint8:
-                x = (x.float() / 255.0 - mean) / std
-            elif normalized is False:
-                x = (x.float() - mean) / std
-            else:
-                x = x.float()
-            if use_cl:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(dev, enabled=amp):
-                out.append(self(x).float().cpu())
-        if not out:
-            return np.zeros((0, self.descriptor_dim), dtype=np.float32)
-        return torch.cat(out).numpy().astype(np.float32, copy=False)
+        prepare(self, dev, use_cl)
+        return run_batched(self, images, self.preprocess_config, dev, self.descriptor_dim, batch_size=batch_size,
+                           normalized=normalized, amp=amp, channels_last=use_cl)
 
     encode = describe
 
@@ -214,21 +191,6 @@ class GeoLocalizer(nn.Module):
 
     def trainable_parameter_names(self) -> list[str]:
         return [n for n, p in self.named_parameters() if p.requires_grad]
-
-
-def _as_nchw(images) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
-    if not isinstance(x, torch.Tensor):
-        raise ConfigError(f"describe() takes a tensor or numpy array of images, got {type(images).__name__}")
-    if x.dim() == 3:
-        x = x.unsqueeze(0)
-    if x.dim() != 4:
-        raise ConfigError(f"images must be B x 3 x H x W or B x H x W x 3, got shape {tuple(x.shape)}")
-    if x.shape[1] != 3 and x.shape[-1] == 3:
-        x = x.permute(0, 3, 1, 2)
-    if x.shape[1] != 3:
-        raise ConfigError(f"images must have 3 channels (RGB), got shape {tuple(x.shape)}")
-    return x
 
 
 def build_model(backbone: str, *, fc_output_dim: int | None = None, image_size=None, normalize: bool = False,

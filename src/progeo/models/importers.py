@@ -32,7 +32,7 @@ from progeo.models.backbones import PreprocessConfig
 from progeo.models.checkpoints import save_model
 from progeo.models.geolocalizer import GeoLocalizer, ModelConfig
 from progeo.models.prompts import DEFAULT_TEMPLATE, PromptLearner, PromptsInfo, save_prompts, tokenize_template
-from progeo.models.state_dicts import check_state_dict, load_file, read_state_dict
+from progeo.models.state_dicts import check_state_dict, fill_bn_counters, load_file, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def _map_sequential(image: dict[str, torch.Tensor], visual: torch.nn.Module) -> 
         if pos >= len(source):
             raise CheckpointError(f"the Sequential backbone has {len(source)} stateful children, the "
                                   f"{type(visual).__name__} needs {len(targets)} (missing from {name} on)")
-        got, src_idx = source[pos], sorted(groups)[pos]
+        got, src_idx = fill_bn_counters(expected, source[pos]), sorted(groups)[pos]
         shape_ok = set(got) == set(expected) and all(got[k].shape == expected[k].shape for k in expected)
         if not shape_ok:
             raise CheckpointError(f"backbone.{src_idx}.* does not match child '{name}' by order: "
@@ -170,7 +170,8 @@ def import_checkpoint(src: str | Path, backbone: str, out: str | Path, *, fc_out
     if n_pool:
         dropped["attention pool (unused by the GeM head)"] = n_pool
     state = {f"backbone.{k}": v for k, v in image.items()} | head
-    check_state_dict(model.state_dict(), state, f"checkpoint {src} as {arch} (fc_output_dim {dim}, {size[0]}x{size[1]} px)")
+    context = f"checkpoint {src} as {arch} (fc_output_dim {dim}, {size[0]}x{size[1]} px)"
+    check_state_dict(model.state_dict(), fill_bn_counters(model.state_dict(), state), context)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     model.config.provenance["mapping"] = mapping
     save_model(model, out, single_file=single_file)

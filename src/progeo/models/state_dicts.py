@@ -105,6 +105,14 @@ def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch
     return state
 
 
+def fill_bn_counters(expected: Mapping[str, torch.Tensor], got: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Add the batch-norm ``num_batches_tracked`` counters some exporters leave out (eval ignores them)."""
+    for key, value in expected.items():
+        if key.endswith("num_batches_tracked") and key not in got:
+            got[key] = torch.zeros_like(value)
+    return got
+
+
 def describe_mismatch(
     expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], limit: int = 5
 ) -> list[str]:
