@@ -66,6 +66,8 @@ class BuildingTable:
     repaint_year: list
     resign_year: list
     lit_prob: list
+    ground_wood: list
+    mid_eave: list
     seed: list
 
     @classmethod
@@ -87,7 +89,7 @@ class BuildingTable:
         ints = {"material", "colour_a", "colour_b", "trim", "roof", "roof_colour", "window",
                 "shutter_colour", "sign_bg_a", "sign_bg_b", "glyph_colour", "repaint_year",
                 "resign_year"}
-        bools = {"shutters", "balcony", "shop"}
+        bools = {"shutters", "balcony", "shop", "ground_wood", "mid_eave"}
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
@@ -120,6 +122,7 @@ def sample_building(rng: np.random.Generator, style: CityStyle, box) -> dict:
     if colour_b == colour_a:
         colour_b = _colour(rng, style.facade_colours)
     roof = pick(rng, style.roofs)
+    roof_h = float(rng.uniform(0.8, 1.6)) if style.mid_eave_prob == 0 else float(rng.uniform(1.3, 2.0))
     floors = int(rng.integers(style.floors[0], style.floors[1] + 1)) + (2 if rng.random() < 0.05 else 0)
     floor_h = float(rng.uniform(*style.floor_h))
     ground_h = floor_h + float(rng.uniform(0.3, 0.8))
@@ -136,7 +139,7 @@ def sample_building(rng: np.random.Generator, style: CityStyle, box) -> dict:
         x0=box[0], x1=box[1], y0=box[2], y1=box[3], height=height, floor_h=floor_h,
         ground_h=ground_h, material=MATERIALS.index(material), colour_a=colour_a, colour_b=colour_b,
         trim=_colour(rng, style.trim_colours), roof=ROOFS.index(roof),
-        roof_colour=_colour(rng, style.roof_colours), roof_h=float(rng.uniform(0.8, 1.6)),
+        roof_colour=_colour(rng, style.roof_colours), roof_h=roof_h,
         gable_h=float(min(rng.uniform(2.0, 3.5), 0.45 * width)) if roof == "gable" else 0.0,
         window=WINDOWS.index(window), bay_w=bay_w, win_w=win_w,
         win_h=float(rng.uniform(hlo, hhi)), sill=sill,
@@ -148,5 +151,6 @@ def sample_building(rng: np.random.Generator, style: CityStyle, box) -> dict:
         glyph_colour=_colour(rng, (("white", 3), ("yellow", 1), ("cream", 1))),
         repaint_year=int(rng.integers(2010, 2025)) if rng.random() < 0.35 else NEVER,
         resign_year=int(rng.integers(2010, 2025)) if rng.random() < 0.45 else NEVER,
-        lit_prob=float(rng.uniform(0.25, 0.6)), seed=int(rng.integers(1, 2**31)),
+        lit_prob=float(rng.uniform(0.25, 0.6)), ground_wood=bool(rng.random() < style.ground_wood_prob),
+        mid_eave=bool(rng.random() < style.mid_eave_prob), seed=int(rng.integers(1, 2**31)),
     )

@@ -84,6 +84,9 @@ class CityStyle:
     centre_line: str  # white | yellow
     weather: Weighted  # clear | overcast | fog | rain
     snow_prob: float  # chance of snow in a winter capture
+    ground_wood_prob: float = 0.03  # ground floor clad in dark slatted wood (Kyoto machiya)
+    mid_eave_prob: float = 0.0  # a small tiled roof between ground and first floor
+    pole: str = "lamp"  # lamp | utility (concrete utility poles, no light)
 
     @property
     def slug(self) -> str:
@@ -163,7 +166,7 @@ CITY_STYLES: dict[str, CityStyle] = {
             facade_colours=(("dark wood", 4), ("brown wood", 2), ("cream", 2), ("white", 1),
                             ("beige", 1), ("charcoal", 1)),
             materials=(("wood", 6), ("plaster", 3)),
-            floors=(2, 3), floor_h=(2.8, 3.0), lot_width=(6, 9), block_lengths=(40, 50),
+            floors=(2, 2), floor_h=(2.8, 3.0), lot_width=(6, 9), block_lengths=(40, 50),
             street_width=(8, 10), sidewalk=(1.2, 1.8),
             roofs=(("eave", 7), ("flat", 1)), roof_colours=(("charcoal", 1),),
             windows=(("lattice", 5), ("small", 2), ("rect", 1)), bay_width=(1.5, 2.0),
@@ -172,13 +175,13 @@ CITY_STYLES: dict[str, CityStyle] = {
             glyphs="kana", tree="blossom", tree_spacing=16, tree_prob=0.35, tree_name="cherry trees",
             sidewalk_pattern="slabs", sidewalk_colour="light grey", road_colour=(104, 104, 106),
             centre_line="white", weather=(("clear", 4), ("overcast", 3), ("fog", 0.5), ("rain", 2)),
-            snow_prob=0.2,
+            snow_prob=0.2, ground_wood_prob=0.7, mid_eave_prob=0.85, pole="utility",
         ),
         CityStyle(
             "Marrakesh", "Morocco", 31.6295, -7.9811,
             facade_colours=(("terracotta", 4), ("red ochre", 4), ("dusty pink", 3), ("salmon", 2),
                             ("sand", 2), ("ochre", 1)),
-            materials=(("adobe", 8), ("tile", 1), ("stone", 0.5)),
+            materials=(("adobe", 8), ("tile", 1)),
             floors=(2, 4), floor_h=(3.0, 3.3), lot_width=(6, 12), block_lengths=(30, 40),
             street_width=(8, 11), sidewalk=(1.4, 2.0),
             roofs=(("flat", 6), ("cornice", 2)), roof_colours=(("red ochre", 1),),

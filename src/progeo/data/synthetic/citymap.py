@@ -25,6 +25,7 @@ RES = 0.5
 G_ROAD, G_SIDEWALK, G_PLAZA, G_GRASS = 0, 1, 2, 3
 P_NONE, P_LINE, P_CROSS = 0, 1, 2
 LAMP = len(TREES)  # thin-object kind of a lamp post; kinds below are tree kinds
+UTILITY = LAMP + 1  # concrete utility pole with a cross-arm (no light)
 
 
 @dataclass(frozen=True)
@@ -263,7 +264,10 @@ def _place_thin(rng, style: CityStyle, r: _Raster, segments: list[Segment], half
                 objs.append((float(x), float(y), float(radius), float(height), tree_kind))
             for a in np.arange(a0 + (6.0 if side > 0 else 17.0), a1, 22.0):
                 x, y = seg.point(a, side * (seg.road_half + 0.35))
-                objs.append((float(x), float(y), 1.1, float(rng.uniform(5.5, 7.0)), LAMP))
+                if style.pole == "utility":
+                    objs.append((float(x), float(y), 1.1, float(rng.uniform(8.0, 9.5)), UTILITY))
+                else:
+                    objs.append((float(x), float(y), 1.1, float(rng.uniform(5.5, 7.0)), LAMP))
     for bx0, bx1, by0, by1 in parks:
         for x in np.arange(bx0 + 4.0, bx1 - 3.0, 7.0):
             for y in np.arange(by0 + 4.0, by1 - 3.0, 7.0):

@@ -90,7 +90,8 @@ def lighting(c: Conditions) -> Lighting:
         elev = math.radians(6.0)
     else:
         zen, hor, amb, sun, emit = _rgb(0.3, 0.5, 0.84), _rgb(0.72, 0.82, 0.93), _rgb(0.6, 0.62, 0.66), 0.55, 0.0
-    cloud, cover, haze_dist, wet = _rgb(0.95, 0.95, 0.97), 0.3, 450.0, 0.0
+    cloud = {"day": _rgb(0.95, 0.95, 0.97), "dusk": _rgb(0.75, 0.55, 0.55), "night": _rgb(0.05, 0.05, 0.07)}[c.time]
+    cover, haze_dist, wet = 0.3, 450.0, 0.0
     if c.weather == "overcast":
         g = 0.72 if c.time == "day" else 0.25 if c.time == "dusk" else 0.05
         zen, hor, cloud, cover, sun, haze_dist = _rgb(g, g + 0.02, g + 0.05), _rgb(g + 0.08, g + 0.09, g + 0.1), \

@@ -57,12 +57,9 @@ def shade_ground(cmap: CityMap, gx, gy, px, cond: Conditions, light: Lighting) -
         else:
             m = 0.86 + 0.22 * tex_noise(x * 1.5, y * 1.5)
         shade[sw] = m * (0.95 + 0.1 * patch[sw])
-    if cond.snow:
-        is_road = gt == G_ROAD
-        tracks = np.abs(((gx + gy) * 0.7) % 2.0 - 1.0) > 0.5
-        cid[~is_road] = 6
-        cid[is_road & tracks] = 7
-        shade = np.where(is_road & tracks, shade, 0.92 + 0.08 * patch)
+    if cond.snow:  # white sidewalks, grey slush on the road
+        cid = np.where(gt == G_ROAD, 7, 6).astype(np.int8)
+        shade = 0.85 + 0.2 * patch
     elif light.wet > 0:
         shade *= 0.72
     return table[cid] * shade[:, None]

@@ -73,7 +73,6 @@ def _material(T, b, u, z, px, seed, slot):
     """Brightness (rows, cols) of the wall material; tiles also set white slots."""
     mat = T.material[b]
     shade = 1.0 + 0.08 * (hash_rows(hash_u32(u * 2.0, seed), z * 2.0) - 0.5) * _fade(px, 0.5)
-    shade -= 0.1 * np.exp(-np.clip(z, 0.0, 20.0) * 1.5)  # dirt at the foot of the wall
     for name, period in (("brick", 0.3), ("stone", 0.45), ("wood", 0.22), ("tile", 0.3), ("adobe", 1.0)):
         sel = np.nonzero(mat == M[name])[0]
         if sel.size == 0:
@@ -115,6 +114,10 @@ def shade_facade(T: BuildingTable, glyphs: np.ndarray, year: int, b, u, w, px, z
     shade = _material(T, b, u, z, px, seed, slot)
     mat, kind, roof = T.material[b], T.window[b], T.roof[b]
     glass_wall = mat == M["glass"]
+    if T.ground_wood[b].any():  # machiya: dark slatted wood on the ground floor
+        gw = T.ground_wood[b] & (z < gh)
+        slot[gw] = WOOD
+        shade[gw] = np.broadcast_to(np.where(_frac(u / 0.15) < 0.35, 0.55, 0.9), z.shape)[gw]
     estr = np.zeros(z.shape, dtype=np.float32) if glow else None
     eslot = np.full(z.shape, WARM, dtype=np.int8) if glow else None
 
@@ -226,7 +229,7 @@ def shade_facade(T: BuildingTable, glyphs: np.ndarray, year: int, b, u, w, px, z
     course = (np.abs(z - gh) < 0.12) & ~glass_wall
     slot[course] = TRIM
     shade[course] = 1.0
-    ky = kind == W["lattice"]
+    ky = T.mid_eave[b]
     if ky.any():
         band = ky & (z > gh - 0.05) & (z < gh + 0.4)
         slot[band] = ROOF

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from progeo.data.synthetic.cities import TREES
-from progeo.data.synthetic.citymap import LAMP, ThinObjects
+from progeo.data.synthetic.citymap import LAMP, UTILITY, ThinObjects
 from progeo.data.synthetic.noise import hash_rows, hash_u32
 
 T = {name: i for i, name in enumerate(TREES)}
@@ -26,6 +26,7 @@ FOLIAGE = {  # (kind, season) -> rgb; None = bare branches
 }
 BARK = np.array([0.32, 0.24, 0.16], dtype=np.float32)
 LAMP_GREY = np.array([0.2, 0.21, 0.23], dtype=np.float32)
+CONCRETE = np.array([0.58, 0.58, 0.55], dtype=np.float32)
 LAMP_LIGHT = np.array([1.0, 0.88, 0.6], dtype=np.float32)
 SNOW = np.array([0.93, 0.94, 0.97], dtype=np.float32)
 FRUIT = np.array([0.95, 0.55, 0.1], dtype=np.float32)
@@ -36,7 +37,7 @@ def foliage_colour(kind: str, season: str):
     return None if c is None else np.array(c, dtype=np.float32)
 
 
-BARK_, CROWN_, FRUIT_, SNOW_, LAMP_, BULB_ = range(6)
+BARK_, CROWN_, FRUIT_, SNOW_, LAMP_, BULB_, POLE_ = range(7)
 
 
 def shade_thin(objs: ThinObjects, k, l, px, z, season: str, snow: bool, night: bool):
@@ -81,7 +82,7 @@ def shade_thin(objs: ThinObjects, k, l, px, z, season: str, snow: bool, night: b
         colour = foliage_colour(name, season)
         p = np.where(crown, CROWN_, BARK_).astype(np.int8)
         if colour is None:  # bare winter branches
-            crown &= lf * fn + 0.5 * (1 - fn) < 0.3
+            crown &= lf < 0.3
             crown_rgb[sel] = BARK * 0.9
             sh = np.ones_like(zz)
         else:
@@ -106,11 +107,20 @@ def shade_thin(objs: ThinObjects, k, l, px, z, season: str, snow: bool, night: b
         if night:
             glow = np.zeros(z.shape, dtype=np.float32)
             glow[:, lamp] = np.exp(-(ll ** 2 + (zz - (hh - 0.2)) ** 2) / 0.25) * 0.9
+    util = np.nonzero(kind == UTILITY)[0]
+    if util.size:
+        ll, zz, hh = l[util], z[:, util], Ht[util]
+        pole = (np.abs(ll) < 0.13) & (zz >= 0) & (zz < hh)
+        arm = (np.abs(ll) < 0.75) & (zz > hh - 0.9) & (zz < hh - 0.75)
+        box = (np.abs(ll) < 0.3) & (zz > hh - 2.6) & (zz < hh - 1.8)
+        mask[:, util] = pole | arm | box
+        part[:, util] = POLE_
     rows, cols = np.nonzero(mask)
     p = part[rows, cols]
     table = np.stack([np.broadcast_to(BARK, crown_rgb.shape), crown_rgb,
                       np.broadcast_to(FRUIT, crown_rgb.shape), np.broadcast_to(SNOW, crown_rgb.shape),
-                      np.broadcast_to(LAMP_GREY, crown_rgb.shape), np.broadcast_to(LAMP_GREY, crown_rgb.shape)], 1)
+                      np.broadcast_to(LAMP_GREY, crown_rgb.shape), np.broadcast_to(LAMP_GREY, crown_rgb.shape),
+                      np.broadcast_to(CONCRETE, crown_rgb.shape)], 1)
     rgb = table[cols, p] * shade[rows, cols][:, None]
     emit = None
     if night:

@@ -3,7 +3,7 @@
 They are placed on the map (vehicles on the road aligned with the street, pedestrians on
 sidewalks), so every view of a panorama sees the same ones, and drawn as depth-tested
 silhouettes after the scene. ``light`` scatters a few at 4-30 m around a capture; ``heavy``
-puts several right in front of each camera (2.5-9 m), hiding much of the facades.
+puts four to seven right in front of each camera (2.5-8 m), hiding much of the facades.
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ def make_occluders(rng: np.random.Generator, cmap: CityMap, cams, level: str) ->
         centres = []
         for c in cams:
             h = math.radians(c.heading)
-            for _ in range(int(rng.integers(3, 6))):
-                centres.append((c.x, c.y, h + rng.uniform(-0.5, 0.5), 2.5, 9.0))
+            for _ in range(int(rng.integers(4, 8))):
+                centres.append((c.x, c.y, h + rng.uniform(-0.55, 0.55), 2.5, 8.0))
     for cx, cy, ang, dmin, dmax in centres:
         for _ in range(4):
             a = ang + rng.uniform(-0.15, 0.15)

@@ -174,7 +174,7 @@ def render_batch(cmap: CityMap, cams: list[Camera], cond: Conditions | None = No
     lam = np.clip(nx * light.sun_dir[0] + ny * light.sun_dir[1], 0, 1) * math.cos(light.sun_elev)
     shade_col = light.ambient[None, :] + light.sun[None, :] * lam[:, None]
     zc = np.clip(z, 0.0, 50.0)
-    shade *= 1.0 - 0.3 * np.exp(-zc / 0.6)
+    shade *= 1.0 - 0.35 * np.exp(zc * np.float32(-1.6))  # darker (and dirtier) at the foot of walls
     table = table * shade_col[:, None, :]
     img = resolve(table, slot)
     img *= shade[..., None]
@@ -238,7 +238,7 @@ def render_batch(cmap: CityMap, cams: list[Camera], cond: Conditions | None = No
         if glow is not None:
             img[:, tcols] += glow[..., None] * np.array([1.0, 0.85, 0.55], np.float32)
         per_col = np.bincount(jj, minlength=tcols.size)
-        is_lamp = obj.kind[k] == LAMP
+        is_lamp = obj.kind[k] >= LAMP
         np.add.at(lamp_px, view[tcols[is_lamp]], per_col[is_lamp])
         np.add.at(tree_px, view[tcols[~is_lamp]], per_col[~is_lamp])
         wall.reshape(-1)[pt] = False
