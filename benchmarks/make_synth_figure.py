@@ -95,6 +95,12 @@ def main() -> None:
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out)
+    plt.close(fig)
+    from PIL import Image
+
+    with Image.open(args.out) as im:  # a 256-colour palette keeps the file small
+        small = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    small.save(args.out, optimize=True)
     print(f"wrote {args.out}")
 
 
