@@ -122,3 +122,24 @@ def test_describe_input_errors(rn_model, vit_model):
         vit_model.describe(torch.zeros(1, 3, 96, 96, dtype=torch.uint8))
     with pytest.raises(ConfigError, match="feature_map is defined for ResNet"):
         vit_model.feature_map(torch.zeros(1, 3, 64, 64))
+
+
+# -- device helpers used by describe -----------------------------------------------------------------
+
+
+def test_resolve_device_and_cpu_autocast_is_a_no_op():
+    from progeo.device import autocast, resolve_device, supports_amp, to_channels_last
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected_auto = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type in (expected_auto, "mps") and resolve_device(None) == resolve_device("auto")
+    with pytest.raises(ConfigError, match="not a valid torch device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available here; use --device cpu"):
+            resolve_device("cuda:0")
+    assert not supports_amp("cpu")
+    with autocast("cpu"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    x = to_channels_last(torch.zeros(1, 3, 4, 4))
+    assert x.is_contiguous(memory_format=torch.channels_last) and to_channels_last(torch.zeros(3)).shape == (3,)

@@ -84,9 +84,13 @@ def autocast(device: str | torch.device, enabled: bool = True) -> Iterator[None]
 
 
 def prefers_channels_last(device: str | torch.device) -> bool:
-    """Whether convolutions on ``device`` run faster with NHWC tensors (CUDA and CPU, not MPS)."""
+    """Whether ResNet convolutions on ``device`` should run with NHWC tensors by default.
+
+    CUDA: yes (tensor-core convolutions want NHWC). CPU: no; benchmarks/bench_descriptors.py
+    measured no gain for RN50 on this project's 2-core CPU (tiny models gain a little). MPS: no.
+    """
     dev = torch.device(device) if not isinstance(device, torch.device) else device
-    return dev.type in ("cuda", "cpu")
+    return dev.type == "cuda"
 
 
 def to_channels_last(obj):
