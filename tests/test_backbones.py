@@ -201,6 +201,9 @@ def test_pos_embedding_unchanged_when_size_is_the_same(vit):
     assert backbones.interpolate_pos_embed(pos, (4, 4), 4) is pos
     visual = GeoLocalizer.from_clip(vit, image_size=64).backbone
     assert torch.equal(visual.positional_embedding, vit.visual.positional_embedding)
+    param = visual.positional_embedding
+    backbones.set_image_size(visual, 64)
+    assert visual.positional_embedding is param  # not even replaced
 
 
 def test_descriptor_model_at_a_new_size_keeps_the_clip_model_intact(vit):
@@ -214,8 +217,9 @@ def test_resnet_attention_pool_follows_the_image_size():
     torch.manual_seed(0)
     clip = load_clip("tiny-rn")
     pool = clip.visual.attnpool
+    param = pool.positional_embedding
     backbones.set_image_size(clip.visual, 64)  # unchanged
-    assert pool.positional_embedding.shape == (1 + 2 * 2, 256)
+    assert pool.positional_embedding is param and param.shape == (1 + 2 * 2, 256)
     backbones.set_image_size(clip.visual, 128)
     assert clip.visual.attnpool.positional_embedding.shape == (1 + 4 * 4, 256)
     with torch.no_grad():

@@ -17,10 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from progeo.device import resolve_device
 from progeo.errors import ConfigError
 from progeo.models import registry
 from progeo.models.pretrained import resolve_pretrained
-from progeo.models.state_dicts import CLIP_EXTRA_KEYS, check_state_dict, fill_bn_counters, read_state_dict
+from progeo.models.state_dicts import (CLIP_EXTRA_KEYS, check_state_dict, fill_bn_counters, is_torchscript_archive,
+                                      read_state_dict)
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +152,6 @@ def load_clip(
     model_cfg = registry.architecture_config(arch)
     state = None
     if source is not None:
-        from progeo.models.state_dicts import is_torchscript_archive
-
         state = read_state_dict(source.path, what="pretrained weights")
         if quick_gelu is None:
             quick_gelu = source.quick_gelu if source.quick_gelu is not None else (
@@ -169,7 +169,7 @@ def load_clip(
         interpolation=pre.get("interpolation", "bicubic"), resize_mode=pre.get("resize_mode", "shortest"),
     )
     desc = "random init" if source is None else (f"{arch}:{source.tag} ({source.path})" if source.tag else str(source.path))
-    return ClipModel(model.to(device), arch, model_cfg, preprocess, desc)
+    return ClipModel(model.to(resolve_device(device)), arch, model_cfg, preprocess, desc)
 
 
 def load_clip_weights(model: nn.Module, state: dict[str, torch.Tensor], context: str) -> None:
@@ -256,8 +256,8 @@ def set_image_size(visual: nn.Module, size, resize_attnpool: bool = True) -> Non
         if size[0] % patch[0] or size[1] % patch[1]:
             raise ConfigError(f"image size {size} is not a multiple of the ViT patch size {patch}")
         new_grid = (size[0] // patch[0], size[1] // patch[1])
-        resized = interpolate_pos_embed(visual.positional_embedding.data, visual.grid_size, new_grid)
-        if resized is not visual.positional_embedding.data:
+        if new_grid != tuple(visual.grid_size):
+            resized = interpolate_pos_embed(visual.positional_embedding.detach(), visual.grid_size, new_grid)
             visual.positional_embedding = nn.Parameter(resized, requires_grad=visual.positional_embedding.requires_grad)
         visual.grid_size, visual.image_size = new_grid, size
     elif family == "resnet":
@@ -265,9 +265,9 @@ def set_image_size(visual: nn.Module, size, resize_attnpool: bool = True) -> Non
             raise ConfigError(f"image size {size} is not a multiple of 32 (the ResNet stride)")
         pool = getattr(visual, "attnpool", None)
         if pool is not None and resize_attnpool:
-            old = math.isqrt(pool.positional_embedding.shape[0] - 1)
-            resized = interpolate_pos_embed(pool.positional_embedding.data, old, (size[0] // 32, size[1] // 32))
-            if resized is not pool.positional_embedding.data:
+            old, new = math.isqrt(pool.positional_embedding.shape[0] - 1), (size[0] // 32, size[1] // 32)
+            if (old, old) != new:
+                resized = interpolate_pos_embed(pool.positional_embedding.detach(), old, new)
                 pool.positional_embedding = nn.Parameter(resized, requires_grad=pool.positional_embedding.requires_grad)
         visual.image_size = size if size[0] != size[1] else size[0]
     elif size != image_size_of(visual):
