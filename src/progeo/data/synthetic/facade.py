@@ -62,11 +62,12 @@ def palette(T: BuildingTable, b, year: int) -> np.ndarray:
     return np.concatenate([per_col, np.broadcast_to(CONSTANTS, (b.size,) + CONSTANTS.shape)], axis=1)
 
 
-def resolve(table: np.ndarray, slot: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
-    """RGB of ``slot`` (rows, columns) from ``table`` (columns, SLOTS, 3)."""
+def resolve(table: np.ndarray, slot: np.ndarray) -> np.ndarray:
+    """Channel-first RGB (3, rows, columns) of ``slot`` (rows, columns) from ``table`` (columns, SLOTS, 3)."""
     ncol = slot.shape[1]
     idx = slot.astype(np.int32) + (np.arange(ncol, dtype=np.int32) * SLOTS)[None, :]
-    return table.reshape(-1, 3)[idx]
+    channels = np.ascontiguousarray(table.reshape(-1, 3).T)
+    return np.stack([channels[c][idx] for c in range(3)])
 
 
 def _material(T, b, u, z, px, seed, slot):

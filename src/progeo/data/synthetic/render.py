@@ -21,7 +21,7 @@ from progeo.data.synthetic.citymap import LAMP, CityMap
 from progeo.data.synthetic.conditions import Conditions, lighting
 from progeo.data.synthetic.environment import shade_ground, shade_sky
 from progeo.data.synthetic.facade import facade_top, palette, resolve, shade_facade
-from progeo.data.synthetic.noise import hash01
+from progeo.data.synthetic.noise import hash01, hash_rows, hash_u32
 from progeo.data.synthetic.objects import shade_thin
 from progeo.data.synthetic.occluders import KIND_NAMES, Occluders, draw_occluders
 
@@ -60,10 +60,11 @@ class ViewInfo:
     occluders: list[str] = field(default_factory=list)
 
 
-def march(grid: np.ndarray, half: float, res: float, ox, oy, dx, dy, t_max: float, empty: int):
+def march(grid: np.ndarray, half: float, res: float, ox, oy, dx, dy, t_max: float, empty: int,
+          t_limit=None):
     """First sample in a non-``empty`` cell along each ray: (t, flat cell index, step before).
 
-    ``t`` is inf and the cell -1 where nothing is hit within ``t_max``.
+    ``t`` is inf and the cell -1 where nothing is hit within ``t_max`` (or the ray's ``t_limit``).
     """
     n = grid.shape[0]
     flat = grid.reshape(-1)
@@ -73,6 +74,8 @@ def march(grid: np.ndarray, half: float, res: float, ox, oy, dx, dy, t_max: floa
     cell = np.full(ox.shape, -1, dtype=np.int64)
     active = np.arange(ox.size)
     for a, b, step in CHUNKS:
+        if t_limit is not None:
+            active = active[t_limit[active] > a]
         if a >= t_max or active.size == 0:
             break
         ts = np.arange(a, min(b, t_max), step, dtype=np.float32)[:, None]
@@ -176,16 +179,16 @@ def render_batch(cmap: CityMap, cams: list[Camera], cond: Conditions | None = No
     zc = np.clip(z, 0.0, 50.0)
     shade *= 1.0 - 0.35 * np.exp(zc * np.float32(-1.6))  # darker (and dirtier) at the foot of walls
     table = table * shade_col[:, None, :]
-    img = resolve(table, slot)
-    img *= shade[..., None]
+    img = resolve(table, slot)  # channel-first (3, rows, columns): fast per-pixel broadcasts
+    img *= shade
     lamp_pos = _lamps_near(cmap, cams) if light.lamps else None
     if lamp_pos is not None:
-        img += resolve(palette(T, bid, cond.year), slot) * (shade * _lamp_light(lamp_pos, hx[None], hy[None], zc))[..., None]
+        img += resolve(palette(T, bid, cond.year), slot) * (shade * _lamp_light(lamp_pos, hx[None], hy[None], zc))
     if emission is not None:
         eslot, estr = emission
-        img += resolve(palette(T, bid, cond.year), eslot) * (estr * np.float32(light.emit))[..., None]
+        img += resolve(palette(T, bid, cond.year), eslot) * (estr * np.float32(light.emit))
 
-    flat_img = img.reshape(-1, 3)
+    flat_img = img.reshape(3, -1)
     flat_depth = depth.reshape(-1)
     v_flat = v.reshape(-1) if v.shape == (S, C) else np.broadcast_to(v, (S, C)).reshape(-1)
 
@@ -203,16 +206,16 @@ def render_batch(cmap: CityMap, cams: list[Camera], cond: Conditions | None = No
         ground_rgb *= g_lit
     if light.wet > 0 and not cond.snow:  # wet asphalt mirrors the sky a little
         ground_rgb += 0.12 * light.horizon
-    flat_img[pg] = ground_rgb
+    flat_img[:, pg] = ground_rgb.T
     flat_depth[pg] = dg
 
     # Sky.
     ps = np.flatnonzero(~wall & ~grd)
     cs = ps % C
-    flat_img[ps] = shade_sky(phi[cs], v_flat[ps], cond, light, seed % 9973)
+    flat_img[:, ps] = shade_sky(phi[cs], v_flat[ps], cond, light, seed % 9973).T
 
     # Trees and lamp posts in front of the walls.
-    t_thin, tcell, _ = march(cmap.thin, cmap.half, cmap.res, ox, oy, dx, dy, THIN_MAX, -1)
+    t_thin, tcell, _ = march(cmap.thin, cmap.half, cmap.res, ox, oy, dx, dy, THIN_MAX, -1, t_limit=t_hit)
     tcols = np.nonzero((tcell >= 0) & (t_thin < t_hit))[0]
     tree_px = np.zeros(N)
     lamp_px = np.zeros(N)
@@ -233,10 +236,10 @@ def render_batch(cmap: CityMap, cams: list[Camera], cond: Conditions | None = No
         rgb = alb * t_lit
         if em is not None:
             rgb += em * np.float32(light.emit)
-        flat_img[pt] = rgb
+        flat_img[:, pt] = rgb.T
         flat_depth[pt] = dc[jj]
         if glow is not None:
-            img[:, tcols] += glow[..., None] * np.array([1.0, 0.85, 0.55], np.float32)
+            img[:, :, tcols] += glow[None] * np.array([1.0, 0.85, 0.55], np.float32)[:, None, None]
         per_col = np.bincount(jj, minlength=tcols.size)
         is_lamp = obj.kind[k] >= LAMP
         np.add.at(lamp_px, view[tcols[is_lamp]], per_col[is_lamp])
@@ -247,22 +250,27 @@ def render_batch(cmap: CityMap, cams: list[Camera], cond: Conditions | None = No
     # Haze / fog by distance (sky pixels have depth 0: unchanged), and exposure to 0..255.
     gain = np.float32(255.0 * cond.exposure)
     fogf = np.exp(depth * np.float32(-1.0 / light.haze_dist))
-    img *= (fogf * gain)[..., None]
-    img += ((1.0 - fogf) * gain)[..., None] * light.haze
+    fogf *= gain
+    img -= light.haze[:, None, None]
+    img *= fogf
+    img += (light.haze * gain)[:, None, None]
+    # Sensor noise (and +0.5 for rounding): one random table lookup per pixel.
+    img += hash_rows(hash_u32(np.arange(C), seed % 2**31, 3), np.arange(S, dtype=np.int32)[:, None]) * 9.0 - 4.0
 
-    images = np.ascontiguousarray(img.reshape(S, N, S, 3).transpose(1, 0, 2, 3))
-    depths = np.ascontiguousarray(depth.reshape(S, N, S).transpose(1, 0, 2))
-    depths[depths == 0] = FAR
+    # Per-view (rows, columns, 3) views of the channel-first frame, for occluders and weather.
+    views = img.reshape(3, S, N, S).transpose(2, 1, 3, 0)
     infos = _infos(N, S, view, bid, wall, sign & wall, cs, tree_px, lamp_px)
     occ = occluders if occluders is not None else Occluders.empty()
-    occ_rgb = (light.ambient + light.sun * 0.7) * gain
-    for i, cam in enumerate(cams):
-        if len(occ):
-            kinds = draw_occluders(images[i], depths[i], cam, float(f_view[i]), occ, occ_rgb, light.lamps, gain)
+    if len(occ):
+        depths = depth.reshape(S, N, S).transpose(1, 0, 2)
+        depths[depths == 0] = FAR
+        occ_rgb = (light.ambient + light.sun * 0.7) * gain
+        for i, cam in enumerate(cams):
+            kinds = draw_occluders(views[i], depths[i], cam, float(f_view[i]), occ, occ_rgb, light.lamps, gain)
             infos[i].occluders = [KIND_NAMES[k] for k in kinds]
-    _weather(images, cond, seed)
-    np.clip(images, 0.0, 255.0, out=images)
-    return images.astype(np.uint8), infos
+    _weather(views, cond, seed)
+    np.clip(img, 0.0, 255.0, out=img)
+    return np.ascontiguousarray(img.astype(np.uint8).reshape(3, S, N, S).transpose(2, 1, 3, 0)), infos
 
 
 def _lamps_near(cmap: CityMap, cams, radius: float = 45.0, limit: int = 10):
@@ -308,6 +316,8 @@ def _weather(images: np.ndarray, cond: Conditions, seed: int) -> None:
     N, S = images.shape[:2]
     r = np.arange(S, dtype=np.float32)[:, None]
     c = np.arange(S, dtype=np.float32)[None, :]
+    if cond.weather != "rain" and not cond.snow:
+        return
     for i in range(N):
         s = (seed * 131 + i * 7919) % 2**31
         if cond.weather == "rain":
@@ -321,5 +331,3 @@ def _weather(images: np.ndarray, cond: Conditions, seed: int) -> None:
         elif cond.snow and cond.weather in ("overcast", "fog"):
             flake = hash01(r, c, s + 2) < 0.012
             images[i][flake] = 235.0
-        grain = hash01(r, c, s + 3) * 9.0 - 4.0  # sensor noise, and +0.5 for rounding
-        images[i] += grain[..., None]
