@@ -192,6 +192,18 @@ def test_import_vit_checkpoint_infers_size_and_resizes(vit_model, tmp_path):
     assert resized.image_size == (64, 64) and "position embedding resized 8x8 -> (4, 4)" in resized.notes[0]
 
 
+def test_import_full_clip_checkpoint_as_vit_model(tmp_path):
+    torch.manual_seed(3)
+    clip = load_clip("tiny-vit")
+    torch.save(clip.model.state_dict(), tmp_path / "clip.pt")  # visual.* + the text tower
+    report = import_checkpoint(tmp_path / "clip.pt", "tiny-vit", tmp_path / "o", normalization="clip", quick_gelu=False)
+    assert report.image_size == (64, 64) and report.dropped["text side"] > 10
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = clip.model.eval().encode_image(x).numpy()
+    np.testing.assert_allclose(load_model(tmp_path / "o").describe(x), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_import_errors(rn_model, tmp_path):
     torch.save({"backbone.conv1.weight": torch.zeros(1), "classifier.weight": torch.zeros(1)}, tmp_path / "odd.pth")
     with pytest.raises(CheckpointError, match="unrecognised key.*classifier.weight"):

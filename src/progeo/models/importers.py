@@ -32,7 +32,8 @@ from progeo.models.backbones import PreprocessConfig
 from progeo.models.checkpoints import save_model
 from progeo.models.geolocalizer import GeoLocalizer, ModelConfig
 from progeo.models.prompts import DEFAULT_TEMPLATE, PromptLearner, PromptsInfo, save_prompts, tokenize_template
-from progeo.models.state_dicts import check_state_dict, fill_bn_counters, load_file, read_state_dict
+from progeo.models.state_dicts import (CLIP_EXTRA_KEYS, check_state_dict, describe_mismatch, fill_bn_counters, load_file,
+                                      read_state_dict)
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def _split_source(state: dict[str, torch.Tensor]) -> tuple[dict, dict, dict[str,
             head[key] = value
         elif key.split(".")[-1] in PROMPT_NAMES:
             dropped["prompts"] += 1
-        elif key.startswith(TEXT_PREFIXES):
+        elif key.startswith(TEXT_PREFIXES) or key in CLIP_EXTRA_KEYS:
             dropped["text side"] += 1
         else:
             unknown.append(key)
@@ -93,7 +94,7 @@ def _map_sequential(image: dict[str, torch.Tensor], visual: torch.nn.Module) -> 
         shape_ok = set(got) == set(expected) and all(got[k].shape == expected[k].shape for k in expected)
         if not shape_ok:
             raise CheckpointError(f"backbone.{src_idx}.* does not match child '{name}' by order: "
-                                  + "; ".join(_diff_lines(expected, got)))
+                                  + "; ".join(describe_mismatch(expected, got)))
         mapped.update({f"{name}.{k}": v for k, v in got.items()})
     for extra in source[len(targets):]:
         if "positional_embedding" in extra and "c_proj.weight" in extra:  # the attention pool
@@ -102,12 +103,6 @@ def _map_sequential(image: dict[str, torch.Tensor], visual: torch.nn.Module) -> 
             raise CheckpointError(f"the Sequential backbone has more children than the tower "
                                   f"(extra keys {', '.join(list(extra)[:3])})")
     return mapped, dropped
-
-
-def _diff_lines(expected, got) -> list[str]:
-    from progeo.models.state_dicts import describe_mismatch
-
-    return describe_mismatch(expected, got)
 
 
 def import_checkpoint(src: str | Path, backbone: str, out: str | Path, *, fc_output_dim: int | None = None,
