@@ -85,6 +85,14 @@ def test_offline_by_environment_and_unreachable_host(empty_caches, monkeypatch):
         load_clip("ViT-B-16:openai")
 
 
+@pytest.mark.skipif(pretrained._reachable("huggingface.co", timeout=2.0), reason="network up: this would download RN50")
+def test_no_network_gives_the_download_message_unmocked(empty_caches, monkeypatch):
+    monkeypatch.delenv("PROGEO_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(CheckpointError, match=r"RN50:openai are not in the local cache and huggingface.co cannot be reached"):
+        load_clip("RN50:openai")
+
+
 def test_cached_url_weights_are_found(empty_caches):
     cache = empty_caches / "clipcache"
     cache.mkdir()
