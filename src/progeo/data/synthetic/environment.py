@@ -1,4 +1,4 @@
-"""Ground (road, paint, sidewalk patterns, grass, snow, wet asphalt) and sky (gradient, clouds)."""
+"""Ground (road, paint, sidewalk patterns, grass, snow, wet asphalt), sky (gradient, clouds), rain and snow."""
 
 from __future__ import annotations
 
@@ -87,3 +87,25 @@ def shade_sky(az, v, cond: Conditions, light: Lighting, seed: int) -> np.ndarray
         glow = np.exp(-np.maximum(v, 0.0) * 6.0) * 0.06
         out = out + glow[:, None] * np.array([1.0, 0.7, 0.4], np.float32)
     return out
+
+
+def weather_overlay(images: np.ndarray, cond: Conditions, seed: int) -> None:
+    """Rain streaks and falling snow, in place on images (N, rows, columns, 3) in 0..255."""
+    N, S = images.shape[:2]
+    r = np.arange(S, dtype=np.float32)[:, None]
+    c = np.arange(S, dtype=np.float32)[None, :]
+    if cond.weather != "rain" and not cond.snow:
+        return
+    for i in range(N):
+        s = (seed * 131 + i * 7919) % 2**31
+        if cond.weather == "rain":
+            slant = c + r * 0.22
+            lane = np.floor(slant / 1.5)
+            phase = hash01(lane, s) * S
+            streak = (hash01(lane, np.floor((r + phase) / (S * 0.12)), s + 1) < 0.12) & \
+                     ((slant % 1.5) < 0.6)
+            images[i][streak] = images[i][streak] * 0.6 + 82.0
+            images[i] *= 0.85
+        elif cond.snow and cond.weather in ("overcast", "fog"):
+            flake = hash01(r, c, s + 2) < 0.012
+            images[i][flake] = 235.0

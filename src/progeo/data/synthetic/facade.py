@@ -17,7 +17,7 @@ import numpy as np
 
 from progeo.data.synthetic.buildings import BuildingTable
 from progeo.data.synthetic.cities import COLOUR_RGB, MATERIALS, ROOFS, WINDOWS, colour_index
-from progeo.data.synthetic.noise import hash01, hash_rows, hash_u32
+from progeo.data.synthetic.noise import hash_rows, hash_u32
 
 M = {name: i for i, name in enumerate(MATERIALS)}
 R = {name: i for i, name in enumerate(ROOFS)}

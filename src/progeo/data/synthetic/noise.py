@@ -54,28 +54,6 @@ def hash01(a, b=0, c=0) -> np.ndarray:
     return hash_u32(a, b, c).astype(np.float32) * _INV
 
 
-def value_noise(x, y, seed=0) -> np.ndarray:
-    """Smooth 2-D value noise in [0, 1) with unit lattice spacing."""
-    x = np.asarray(x, dtype=np.float32)
-    y = np.asarray(y, dtype=np.float32)
-    x0 = np.floor(x)
-    y0 = np.floor(y)
-    fx = x - x0
-    fy = y - y0
-    fx = fx * fx * (3 - 2 * fx)
-    fy = fy * fy * (3 - 2 * fy)
-    ix = x0.astype(np.int64)
-    iy = y0.astype(np.int64)
-    s = _u32(seed)
-    a = hash01(ix, iy, s)
-    b = hash01(ix + 1, iy, s)
-    c = hash01(ix, iy + 1, s)
-    d = hash01(ix + 1, iy + 1, s)
-    top = a + (b - a) * fx
-    bot = c + (d - c) * fx
-    return top + (bot - top) * fy
-
-
 def _tileable(size: int = 512, cell: int = 8, seed: int = 0) -> np.ndarray:
     period = size // cell
     t = (np.arange(size, dtype=np.float32) + 0.5) / cell
@@ -99,7 +77,7 @@ _TEX_FLAT = _TEX.reshape(-1)
 
 
 def tex_noise(x, y) -> np.ndarray:
-    """Fast smooth noise in [0, 1) (a tileable texture, period 64 units): like value_noise."""
+    """Smooth value noise in [0, 1) with unit lattice spacing, from a tileable texture (period 64)."""
     ix = (np.asarray(x) * 8.0).astype(np.int32) & 511
     iy = (np.asarray(y) * 8.0).astype(np.int32) & 511
     return _TEX_FLAT[(ix << 9) | iy]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from progeo.data.synthetic.cities import TREES
-from progeo.data.synthetic.citymap import LAMP, UTILITY, ThinObjects
+from progeo.data.synthetic.citymap import LAMP, UTILITY, CityMap, ThinObjects
 from progeo.data.synthetic.noise import hash_rows, hash_u32
 
 T = {name: i for i, name in enumerate(TREES)}
@@ -126,3 +126,24 @@ def shade_thin(objs: ThinObjects, k, l, px, z, season: str, snow: bool, night: b
     if night:
         emit = np.where((p == BULB_)[:, None], LAMP_LIGHT * 2.0, 0.0).astype(np.float32)
     return rows, cols, rgb, emit, glow
+
+
+def lamps_near(cmap: CityMap, cams, radius: float = 45.0, limit: int = 10):
+    """(x, y, height) of the lit street lamps nearest to the cameras, or None."""
+    obj = cmap.thin_objs
+    sel = np.nonzero(obj.kind == LAMP)[0]
+    cx = np.mean([c.x for c in cams])
+    cy = np.mean([c.y for c in cams])
+    d2 = (obj.x[sel] - cx) ** 2 + (obj.y[sel] - cy) ** 2
+    near = sel[np.argsort(d2)[:limit]]
+    near = near[(obj.x[near] - cx) ** 2 + (obj.y[near] - cy) ** 2 < radius ** 2]
+    return np.stack([obj.x[near], obj.y[near], obj.height[near]], 1) if near.size else None
+
+
+def lamp_light(lamps, x, y, z):
+    """Light that ``lamps`` shed on points (x, y, z) (broadcast)."""
+    out = np.zeros(np.broadcast_shapes(np.shape(x), np.shape(y), np.shape(z)), dtype=np.float32)
+    for lx, ly, lz in lamps:
+        d2 = (x - lx) ** 2 + (y - ly) ** 2 + (z - lz) ** 2
+        out += 0.55 / (1.0 + d2 / 10.0)
+    return out

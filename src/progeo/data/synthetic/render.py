@@ -1,9 +1,8 @@
 """Vectorized ray caster: street-level perspective views of a :class:`CityMap`.
 
-All columns of all views of a batch are cast at once. Per column, a 2-D ray is marched through
-the building raster (fixed steps, growing with distance) and the hit is refined to the exact
-cell face, giving the distance, building id and facade coordinate ``u``; a second march finds
-trees and lamp posts in front of the wall. Per pixel, the row's elevation decides between
+All columns of all views of a batch are cast at once (:mod:`.raycast`): per column, a 2-D ray
+gives the distance, building id and facade coordinate ``u`` of the wall it hits, and a second
+march finds trees and lamp posts in front of the wall. Per pixel, the row's elevation decides between
 facade (perspective-correct height ``z``), ground (road, paint, sidewalk) and sky; then thin
 objects, lighting, haze, weather, occluders and sensor noise are applied.
 Headings are compass degrees (0 = north, 90 = east); pitch is positive upwards.
@@ -19,13 +18,13 @@ import numpy as np
 from progeo.data.synthetic.cities import glyph_set
 from progeo.data.synthetic.citymap import LAMP, CityMap
 from progeo.data.synthetic.conditions import Conditions, lighting
-from progeo.data.synthetic.environment import shade_ground, shade_sky
+from progeo.data.synthetic.environment import shade_ground, shade_sky, weather_overlay
 from progeo.data.synthetic.facade import facade_top, palette, resolve, shade_facade
-from progeo.data.synthetic.noise import hash01, hash_rows, hash_u32
-from progeo.data.synthetic.objects import shade_thin
+from progeo.data.synthetic.noise import hash_rows, hash_u32
+from progeo.data.synthetic.objects import lamp_light, lamps_near, shade_thin
 from progeo.data.synthetic.occluders import KIND_NAMES, Occluders, draw_occluders
+from progeo.data.synthetic.raycast import CHUNKS, march, refine_hit
 
-CHUNKS = ((0.3, 24.0, 0.2), (24.0, 64.0, 0.35), (64.0, 180.0, 0.6))
 THIN_MAX = 70.0
 FAR = 1e5
 _GLYPHS: dict[str, np.ndarray] = {}
@@ -60,70 +59,6 @@ class ViewInfo:
     occluders: list[str] = field(default_factory=list)
 
 
-def march(grid: np.ndarray, half: float, res: float, ox, oy, dx, dy, t_max: float, empty: int,
-          t_limit=None):
-    """First sample in a non-``empty`` cell along each ray: (t, flat cell index, step before).
-
-    ``t`` is inf and the cell -1 where nothing is hit within ``t_max`` (or the ray's ``t_limit``).
-    """
-    n = grid.shape[0]
-    flat = grid.reshape(-1)
-    inv = np.float32(1.0 / res)
-    t_hit = np.full(ox.shape, np.inf, dtype=np.float32)
-    step_hit = np.zeros(ox.shape, dtype=np.float32)
-    cell = np.full(ox.shape, -1, dtype=np.int64)
-    active = np.arange(ox.size)
-    for a, b, step in CHUNKS:
-        if t_limit is not None:
-            active = active[t_limit[active] > a]
-        if a >= t_max or active.size == 0:
-            break
-        ts = np.arange(a, min(b, t_max), step, dtype=np.float32)[:, None]
-        ix = ((ox[active] + half) * inv + ts * (dx[active] * inv)).astype(np.int32)
-        iy = ((oy[active] + half) * inv + ts * (dy[active] * inv)).astype(np.int32)
-        np.clip(ix, 0, n - 1, out=ix)
-        np.clip(iy, 0, n - 1, out=iy)
-        idx = ix * n + iy
-        hit = flat[idx] != empty
-        anyhit = hit.any(axis=0)
-        first = hit.argmax(axis=0)
-        got = np.nonzero(anyhit)[0]
-        t_hit[active[got]] = ts[first[got], 0]
-        step_hit[active[got]] = step
-        cell[active[got]] = idx[first[got], got]
-        active = active[~anyhit]
-    return t_hit, cell, step_hit
-
-
-def _refine(grid, t, step, cell, half, res, ox, oy, dx, dy):
-    """Exact entry into the first occupied cell between the last free sample and the hit.
-
-    Returns (t, cell, entered through an x-face). When the ray changed both column and row
-    between the samples, the corner cell it crossed first decides which face was hit.
-    """
-    n = grid.shape[0]
-    inv = 1.0 / res
-    t = np.where(np.isfinite(t), t, np.float32(0.0))
-    ix1, iy1 = cell // n, cell % n
-    t0 = t - step
-    ix0 = np.clip(((ox + t0 * dx + half) * inv).astype(np.int64), 0, n - 1)
-    iy0 = np.clip(((oy + t0 * dy + half) * inv).astype(np.int64), 0, n - 1)
-    xb = (ix1 + (dx < 0)) * res - half
-    yb = (iy1 + (dy < 0)) * res - half
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tx = np.where((ix0 != ix1) & (np.abs(dx) > 1e-7), (xb - ox) / dx, -np.inf)
-        ty = np.where((iy0 != iy1) & (np.abs(dy) > 1e-7), (yb - oy) / dy, -np.inf)
-    both = np.isfinite(tx) & np.isfinite(ty)
-    x_first = tx < ty
-    mid = np.where(x_first, ix1 * n + iy0, ix0 * n + iy1)
-    mid_hit = both & (grid.reshape(-1)[np.where(both, mid, 0)] != 0)
-    t_in = np.where(mid_hit, np.minimum(tx, ty), np.maximum(tx, ty))
-    xface = np.where(mid_hit, x_first, tx > ty)
-    cell = np.where(mid_hit, mid, cell)
-    t_in = np.where(np.isfinite(t_in), t_in, t)
-    return np.clip(t_in, 0.05, t).astype(np.float32), cell, xface
-
-
 def render_batch(cmap: CityMap, cams: list[Camera], cond: Conditions | None = None, size: int = 128,
                  seed: int = 0, occluders: Occluders | None = None):
     """Render ``cams`` under ``cond``; returns uint8 images (N, size, size, 3) and ViewInfos."""
@@ -146,8 +81,8 @@ def render_batch(cmap: CityMap, cams: list[Camera], cond: Conditions | None = No
 
     t_s, cell, step = march(cmap.building, cmap.half, cmap.res, ox, oy, dx, dy, CHUNKS[-1][1], 0)
     hit = cell >= 0
-    t_hit, cell, xface = _refine(cmap.building, t_s, step, np.maximum(cell, 0), cmap.half, cmap.res,
-                                 ox, oy, dx, dy)
+    t_hit, cell, xface = refine_hit(cmap.building, t_s, step, np.maximum(cell, 0), cmap.half, cmap.res,
+                                    ox, oy, dx, dy)
     bid = np.where(hit, cmap.building.reshape(-1)[cell], 0)
     t_hit = np.where(hit, t_hit, np.inf)
     hx, hy = ox + t_hit * dx, oy + t_hit * dy
@@ -181,9 +116,9 @@ def render_batch(cmap: CityMap, cams: list[Camera], cond: Conditions | None = No
     table = table * shade_col[:, None, :]
     img = resolve(table, slot)  # channel-first (3, rows, columns): fast per-pixel broadcasts
     img *= shade
-    lamp_pos = _lamps_near(cmap, cams) if light.lamps else None
+    lamp_pos = lamps_near(cmap, cams) if light.lamps else None
     if lamp_pos is not None:
-        img += resolve(palette(T, bid, cond.year), slot) * (shade * _lamp_light(lamp_pos, hx[None], hy[None], zc))
+        img += resolve(palette(T, bid, cond.year), slot) * (shade * lamp_light(lamp_pos, hx[None], hy[None], zc))
     if emission is not None:
         eslot, estr = emission
         img += resolve(palette(T, bid, cond.year), eslot) * (estr * np.float32(light.emit))
@@ -201,7 +136,7 @@ def render_batch(cmap: CityMap, cams: list[Camera], cond: Conditions | None = No
     ground_rgb = shade_ground(cmap, gx, gy, dg / fc[cg], cond, light)
     g_lit = light.ambient + light.sun * math.sin(light.sun_elev)
     if lamp_pos is not None:
-        ground_rgb *= g_lit + _lamp_light(lamp_pos, gx, gy, np.zeros_like(gx))[:, None]
+        ground_rgb *= g_lit + lamp_light(lamp_pos, gx, gy, np.zeros_like(gx))[:, None]
     else:
         ground_rgb *= g_lit
     if light.wet > 0 and not cond.snow:  # wet asphalt mirrors the sky a little
@@ -232,7 +167,7 @@ def render_batch(cmap: CityMap, cams: list[Camera], cond: Conditions | None = No
         pt = rr * C + tcols[jj]
         t_lit = light.ambient + light.sun * 0.6
         if lamp_pos is not None:
-            t_lit = t_lit + _lamp_light(lamp_pos, obj.x[k[jj]], obj.y[k[jj]], np.clip(zt[rr, jj], 0, 50))[:, None] * 0.7
+            t_lit = t_lit + lamp_light(lamp_pos, obj.x[k[jj]], obj.y[k[jj]], np.clip(zt[rr, jj], 0, 50))[:, None] * 0.7
         rgb = alb * t_lit
         if em is not None:
             rgb += em * np.float32(light.emit)
@@ -268,28 +203,9 @@ def render_batch(cmap: CityMap, cams: list[Camera], cond: Conditions | None = No
         for i, cam in enumerate(cams):
             kinds = draw_occluders(views[i], depths[i], cam, float(f_view[i]), occ, occ_rgb, light.lamps, gain)
             infos[i].occluders = [KIND_NAMES[k] for k in kinds]
-    _weather(views, cond, seed)
+    weather_overlay(views, cond, seed)
     np.clip(img, 0.0, 255.0, out=img)
     return np.ascontiguousarray(img.astype(np.uint8).reshape(3, S, N, S).transpose(2, 1, 3, 0)), infos
-
-
-def _lamps_near(cmap: CityMap, cams, radius: float = 45.0, limit: int = 10):
-    obj = cmap.thin_objs
-    sel = np.nonzero(obj.kind == LAMP)[0]
-    cx = np.mean([c.x for c in cams])
-    cy = np.mean([c.y for c in cams])
-    d2 = (obj.x[sel] - cx) ** 2 + (obj.y[sel] - cy) ** 2
-    near = sel[np.argsort(d2)[:limit]]
-    near = near[(obj.x[near] - cx) ** 2 + (obj.y[near] - cy) ** 2 < radius ** 2]
-    return np.stack([obj.x[near], obj.y[near], obj.height[near]], 1) if near.size else None
-
-
-def _lamp_light(lamps, x, y, z):
-    out = np.zeros(np.broadcast_shapes(np.shape(x), np.shape(y), np.shape(z)), dtype=np.float32)
-    for lx, ly, lz in lamps:
-        d2 = (x - lx) ** 2 + (y - ly) ** 2 + (z - lz) ** 2
-        out += 0.55 / (1.0 + d2 / 10.0)
-    return out
 
 
 def _infos(N, S, view, bid, wall, sign, cs, tree_px, lamp_px) -> list[ViewInfo]:
@@ -310,24 +226,3 @@ def _infos(N, S, view, bid, wall, sign, cs, tree_px, lamp_px) -> list[ViewInfo]:
             signs=sign_px[i] / npx, lamps=lamp_px[i] / npx,
         ))
     return infos
-
-
-def _weather(images: np.ndarray, cond: Conditions, seed: int) -> None:
-    N, S = images.shape[:2]
-    r = np.arange(S, dtype=np.float32)[:, None]
-    c = np.arange(S, dtype=np.float32)[None, :]
-    if cond.weather != "rain" and not cond.snow:
-        return
-    for i in range(N):
-        s = (seed * 131 + i * 7919) % 2**31
-        if cond.weather == "rain":
-            slant = c + r * 0.22
-            lane = np.floor(slant / 1.5)
-            phase = hash01(lane, s) * S
-            streak = (hash01(lane, np.floor((r + phase) / (S * 0.12)), s + 1) < 0.12) & \
-                     ((slant % 1.5) < 0.6)
-            images[i][streak] = images[i][streak] * 0.6 + 82.0
-            images[i] *= 0.85
-        elif cond.snow and cond.weather in ("overcast", "fog"):
-            flake = hash01(r, c, s + 2) < 0.012
-            images[i][flake] = 235.0

@@ -154,10 +154,15 @@ def write_world(out_dir, preset: Preset, seed: int, image_size: int, workers: in
             for task_rows in results:
                 rows.extend(task_rows)
                 bar.update(len(task_rows))
+            if pool is not None:
+                pool.close()
+        except BaseException:
+            if pool is not None:
+                pool.terminate()
+            raise
         finally:
             bar.close()
             if pool is not None:
-                pool.close()
                 pool.join()
         counts = _write_indexes(tmp, rows)
         manifest = _manifest(preset, seed, image_size, maps, counts)
@@ -208,6 +213,7 @@ def _manifest(preset: Preset, seed: int, image_size: int, maps: list[CityMap], c
         ],
         "counts": counts,
         "total_images": int(sum(counts.values())),
+        "images_per_city": preset.images_per_city(),
         "capture_years": {"train": list(preset.train_years), "database": preset.db_year,
                           "queries": preset.query_years[0], "queries_night": preset.query_years[1],
                           "queries_occlusion": preset.query_years[2]},
