@@ -63,34 +63,36 @@ class WorldSummary:
         return sum(self.counts.values())
 
 
-def image_name(cmap: CityMap, cam, pano_id: str, tile: int, timestamp: str, note: str) -> str:
+def image_name(east: float, north: float, zone_number: int, lat: float, lon: float, cam, pano_id: str,
+               tile: int, timestamp: str, note: str) -> str:
     """``@UTM_east@UTM_north@zone@letter@lat@lon@pano_id@tile@heading@pitch@roll@height@timestamp@note@.jpg``."""
-    frame = cmap.frame
-    east, north = local_to_utm(frame, cam.x, cam.y)
-    lat, lon = local_to_latlon(frame, cam.x, cam.y)
-    lat, lon = float(lat[0]), float(lon[0])
-    return (f"@{float(east):.2f}@{float(north):.2f}@{frame.zone_number}@{zone_letter(lat)}@{lat:.6f}@{lon:.6f}"
+    return (f"@{east:.2f}@{north:.2f}@{zone_number}@{zone_letter(lat)}@{lat:.6f}@{lon:.6f}"
             f"@{pano_id}@{tile}@{cam.heading:.2f}@{cam.pitch:.2f}@0.00@{cam.height:.2f}@{timestamp}@{note}@.jpg")
 
 
 def _render_task(args) -> list[tuple]:
     """Render and write one task; returns (folder, path in folder, lat, lon, city, country, caption)."""
     root, seed, size, captures = args
-    rows = []
+    rows, made = [], set()
     for cap in captures:
         cmap = city_map(cap.city, seed)
         rng = np.random.default_rng(cap.seed)
         occ = make_occluders(rng, cmap, cap.cams, cap.cond.occluders)
         images, infos = render_batch(cmap, list(cap.cams), cap.cond, size, seed=cap.seed % 2**31, occluders=occ)
-        for cam, tile, img, info in zip(cap.cams, cap.tiles, images, infos):
-            name = image_name(cmap, cam, cap.pano_id, tile, cap.cond.timestamp, cap.cond.note)
+        xs, ys = [c.x for c in cap.cams], [c.y for c in cap.cams]
+        east, north = local_to_utm(cmap.frame, xs, ys)
+        lat, lon = local_to_latlon(cmap.frame, xs, ys)
+        folder = Path(root) / cap.folder / (cmap.style.slug if cap.folder == "train" else "")
+        if folder not in made:
+            folder.mkdir(parents=True, exist_ok=True)
+            made.add(folder)
+        for i, (cam, tile, img, info) in enumerate(zip(cap.cams, cap.tiles, images, infos)):
+            name = image_name(float(east[i]), float(north[i]), cmap.frame.zone_number, float(lat[i]),
+                              float(lon[i]), cam, cap.pano_id, tile, cap.cond.timestamp, cap.cond.note)
+            Image.fromarray(img).save(folder / name, format="JPEG", quality=JPEG_QUALITY)
             rel = f"{cmap.style.slug}/{name}" if cap.folder == "train" else name
-            path = Path(root) / cap.folder / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(path, format="JPEG", quality=JPEG_QUALITY)
-            lat, lon = local_to_latlon(cmap.frame, cam.x, cam.y)
             text = caption(cmap.style, cmap.buildings, cap.cond, info, rng)
-            rows.append((cap.folder, rel, float(lat[0]), float(lon[0]), cmap.style.name, cmap.style.country, text))
+            rows.append((cap.folder, rel, float(lat[i]), float(lon[i]), cmap.style.name, cmap.style.country, text))
     return rows
 
 
