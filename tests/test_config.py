@@ -66,7 +66,7 @@ def test_bad_values_are_named(tmp_path, text, match):
 @pytest.mark.parametrize("cls, overrides, match", [
     (Stage2Config, {"hue": 0.7}, "hue=0.7"),
     (Stage2Config, {"crop_scale": [0.9, 0.5]}, "crop_scale"),
-    (Stage2Config, {"normalization": "clip"}, "normalization"),
+    (Stage2Config, {"normalization": "model"}, "normalization"),
     (Stage2Config, {"batch_size": 0}, "batch_size=0 must be > 0"),
     (Stage1Config, {"M": 0}, "GroupsConfig.M"),
     (PretrainConfig, {"init_temperature": 2.0}, "init_temperature"),

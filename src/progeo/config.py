@@ -103,7 +103,7 @@ class ModelFields:
 
 
 @dataclass
-class Stage1Config(RunConfig, ModelFields, GroupsFields):
+class Stage1Config(GroupsFields, ModelFields, RunConfig):
     """ProGEO stage 1: learn one prompt learner per group on cached, frozen image features."""
 
     train_set: str = ""  # training folder of @-named images
@@ -133,7 +133,7 @@ class Stage1Config(RunConfig, ModelFields, GroupsFields):
 
 
 @dataclass
-class Stage2Config(RunConfig, ModelFields, GroupsFields):
+class Stage2Config(GroupsFields, ModelFields, RunConfig):
     """ProGEO stage 2: train the image encoder with CosFace + the prompts' text features."""
 
     train_set: str = ""
@@ -172,10 +172,9 @@ class Stage2Config(RunConfig, ModelFields, GroupsFields):
     saturation: float = 0.7
     hue: float = 0.5
     crop_scale: tuple[float, float] = (0.5, 1.0)
-    normalization: str = "imagenet"  # "imagenet" (the paper) or "model" (the backbone's CLIP mean/std)
+    normalization: str = "imagenet"  # "imagenet" (the paper) or "clip" (the backbone's own mean/std)
     # evaluation
     eval_batch_size: int = 64
-    eval_image_size: int | None = None  # None: image_size
     recall_values: tuple[int, ...] = (1, 5, 10, 20)
     positive_dist: float = 25.0
     # checkpoints and debugging
@@ -200,8 +199,8 @@ class Stage2Config(RunConfig, ModelFields, GroupsFields):
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ConfigError(f"crop_scale={self.crop_scale} must satisfy 0 < low <= high <= 1, e.g. 0.5 1.0")
-        if self.normalization not in ("imagenet", "model"):
-            raise ConfigError(f"normalization={self.normalization!r}: choose 'imagenet' or 'model'")
+        if self.normalization not in ("imagenet", "clip"):
+            raise ConfigError(f"normalization={self.normalization!r}: choose 'imagenet' or 'clip'")
         if self.triplet_mining not in ("batch_hard", "all"):
             raise ConfigError(f"triplet_mining={self.triplet_mining!r}: choose 'batch_hard' or 'all'")
         if not 0 <= self.freeze_cnn <= 4:

@@ -126,7 +126,7 @@ def wrap_ddp(model: torch.nn.Module, info: DistInfo, device: torch.device) -> to
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=True)
+    return DistributedDataParallel(model, device_ids=ids)
 
 
 def rank_slice(batch_size: int, info: DistInfo) -> slice:

@@ -52,10 +52,9 @@ def torch_generator(*parts: int, device: str | torch.device = "cpu") -> torch.Ge
 def rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
     """The global generators' state as (JSON-ready dict, tensors) for a checkpoint (no pickle)."""
     py_version, py_state, py_gauss = random.getstate()
-    np_state = np.random.get_state(legacy=False)
+    name, key, pos, has_gauss, gauss = np.random.get_state()
     meta = {"python": [py_version, list(py_state), py_gauss],
-            "numpy": {k: (v if not isinstance(v, dict) else {kk: int(vv) for kk, vv in v.items()})
-                      for k, v in np_state.items()}}
+            "numpy": [str(name), [int(k) for k in key], int(pos), int(has_gauss), float(gauss)]}
     tensors = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
@@ -69,7 +68,8 @@ def set_rng_state(meta: dict, tensors: dict[str, torch.Tensor]) -> None:
         version, state, gauss = meta["python"]
         random.setstate((version, tuple(state), gauss))
     if "numpy" in meta:
-        np.random.set_state(meta["numpy"])
+        name, key, pos, has_gauss, gauss = meta["numpy"]
+        np.random.set_state((name, np.asarray(key, dtype=np.uint32), int(pos), int(has_gauss), float(gauss)))
     if "rng.torch" in tensors:
         torch.set_rng_state(tensors["rng.torch"].to(torch.uint8).cpu())
     cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]

@@ -1,0 +1,163 @@
+"""``progeo pretrain``, ``progeo train stage1`` and ``progeo train stage2``.
+
+Every field of the stage's config dataclass (:mod:`progeo.config`) is a flag (``--field-name``;
+booleans also as ``--no-field-name``; ``none`` for optional values); ``--config FILE`` reads a
+YAML/JSON file first and the flags given override it. ``--resume RUN`` (stage 2) takes the
+run's own ``config.json`` as the file when no ``--config`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import re
+import types
+import typing
+
+_COMMENT = re.compile(r"^\s+(\w+):[^=]*=.*#\s*(.+)$")
+
+
+def _field_help(cls) -> dict[str, str]:
+    """Help text per field, from the trailing comments in the config classes' source."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            lines = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):
+            continue
+        for line in lines:
+            m = _COMMENT.match(line)
+            if m:
+                out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def _none_or(convert):
+    def parse(text: str):
+        return None if text.strip().lower() in ("none", "null") else convert(text)
+
+    parse.__name__ = getattr(convert, "__name__", "value")
+    return parse
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field of ``cls`` (default: not given, so the file/defaults apply)."""
+    from progeo.config import config_fields
+
+    helps = _field_help(cls)
+    defaults = cls()
+    for name, tp in config_fields(cls).items():
+        if name in skip:
+            continue
+        flag = "--" + name.replace("_", "-")
+        default = getattr(defaults, name)
+        shown = json.dumps(list(default) if isinstance(default, tuple) else default)
+        text = f"{helps.get(name, name.replace('_', ' '))} (default: {shown})"
+        args = typing.get_args(tp)
+        optional = typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args
+        base = next((a for a in args if a is not type(None)), tp) if optional else tp
+        if base is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+        elif typing.get_origin(base) in (tuple, list):
+            item = typing.get_args(base)[0]
+            parser.add_argument(flag, nargs="+", type=item, default=argparse.SUPPRESS, metavar=name.upper(), help=text)
+        else:
+            conv = base if base in (int, float, str) else str
+            parser.add_argument(flag, type=_none_or(conv) if optional else conv, default=argparse.SUPPRESS,
+                                metavar=name.upper(), help=text)
+
+
+def config_from_args(cls, args: argparse.Namespace, config_file: str | None = None):
+    """The config: defaults < ``--config`` file (or ``config_file``) < flags given."""
+    from progeo.config import config_fields, load_config
+
+    names = set(config_fields(cls))
+    overrides = {k: v for k, v in vars(args).items() if k in names}
+    return load_config(cls, args.config or config_file, overrides)
+
+
+def register(subparsers) -> None:
+    from progeo.config import PretrainConfig, Stage1Config, Stage2Config
+
+    p = subparsers.add_parser(
+        "pretrain", help="pretrain a tiny CLIP from scratch on a synthetic world's captions",
+        description="Contrastive image-text pretraining (CLIP loss, learned temperature) of a small open_clip "
+                    "architecture on WORLD/captions.tsv; reports zero-shot city accuracy on the held-out images and "
+                    "writes RUN/clip.safetensors for --backbone ARCH --weights FILE.")
+    p.add_argument("--config", help="YAML/JSON file of options (flags override it)")
+    add_config_flags(p, PretrainConfig)
+    p.set_defaults(func=_pretrain)
+
+    train = subparsers.add_parser("train", help="ProGEO training: stage1 (prompts), stage2 (image encoder)",
+                                  description="ProGEO's two training stages. Run under torchrun for several GPUs.")
+    stages = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    p = stages.add_parser(
+        "stage1", help="learn per-class prompts on cached frozen image features",
+        description="Stage 1: frozen CLIP; image features of the used groups are cached on disk; one prompt learner "
+                    "per group trained with SupCon image->text + text->image. Writes RUN/prompts.safetensors.")
+    p.add_argument("--config", help="YAML/JSON file of options (flags override it)")
+    add_config_flags(p, Stage1Config)
+    p.set_defaults(func=_stage1)
+
+    p = stages.add_parser(
+        "stage2", help="train the image encoder with CosFace + the prompts' text features",
+        description="Stage 2: per-group CosFace classifiers, label-smoothed image-to-text loss against the stage-1 "
+                    "prompts (--no-text-loss: plain CosPlace), partial freezing, on-device augmentation, validation "
+                    "each epoch, best/last models in RUN/, resumable with --resume RUN.")
+    p.add_argument("--config", help="YAML/JSON file of options (flags override it)")
+    add_config_flags(p, Stage2Config)
+    p.set_defaults(func=_stage2)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from progeo.config import PretrainConfig
+    from progeo.train.pretrain import run_pretrain
+
+    r = run_pretrain(config_from_args(PretrainConfig, args))
+    print(f"zero-shot city top-1: {r.zeroshot_before:.1f}% (random init) -> {r.zeroshot_accuracy:.1f}% "
+          f"(chance {r.chance:.1f}%) in {r.seconds:.0f} s")
+    print(f"checkpoint: {r.checkpoint}")
+    return 0
+
+
+def _stage1(args: argparse.Namespace) -> int:
+    from progeo.config import Stage1Config
+    from progeo.train.stage1 import run_stage1
+
+    r = run_stage1(config_from_args(Stage1Config, args))
+    first, last = (r.epoch_losses[0], r.epoch_losses[-1]) if r.epoch_losses else (float("nan"),) * 2
+    print(f"stage 1: loss {first:.4f} -> {last:.4f} over {len(r.epoch_losses)} epochs in {r.seconds:.0f} s "
+          f"(feature cache {'hit' if r.cache_hit else 'written'}: {r.feature_cache})")
+    print(f"prompts: {r.prompts_path}")
+    return 0
+
+
+def _stage2(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from progeo.config import Stage2Config
+    from progeo.errors import ConfigError
+    from progeo.eval.recall import RecallResult, format_recall_table
+    from progeo.train.stage2 import run_stage2
+
+    config_file = None
+    resume = getattr(args, "resume", None)
+    if resume and not args.config:
+        config_file = Path(resume) / "config.json"
+        if not config_file.is_file():
+            raise ConfigError(f"--resume {resume}: no config.json there; give the folder of a stage-2 run")
+    cfg = config_from_args(Stage2Config, args, config_file)
+    if resume:
+        cfg = dataclasses.replace(cfg, out_dir=resume, resume=resume)
+    r = run_stage2(cfg)
+    if r.stopped:
+        print(f"stopped after {r.iterations_done} iterations (stop_after); continue with --resume {r.run_dir}")
+        return 0
+    print(f"best val R@1 {r.best_val_r1:.2f} at epoch {r.best_epoch}; best model: {r.best_model}; last: {r.last_model}")
+    if r.test_recalls:
+        rows = [(name, RecallResult({int(k[2:]): v for k, v in d.items() if k.startswith("R@")}, d["queries_num"],
+                                    d.get("queries_without_positives", 0))) for name, d in r.test_recalls.items()]
+        print(format_recall_table(rows, title=f"test recalls of the best model ({cfg.test_set})"))
+    return 0

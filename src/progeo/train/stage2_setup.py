@@ -1,0 +1,121 @@
+"""What a stage-2 run is made of: data, model, classifiers, optimizers, text features, augmentation."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from progeo.config import Stage2Config
+from progeo.errors import ConfigError
+from progeo.losses import CosFace
+from progeo.train.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, BatchAugment
+from progeo.train.class_batches import ImageSource, PreloadedImages, preload_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stage2Parts:
+    groups: list
+    source: ImageSource
+    model: torch.nn.Module  # GeoLocalizer, on the device
+    optimizer: torch.optim.Optimizer
+    classifiers: list[CosFace]  # on the CPU between their epochs
+    classifier_optimizers: list[torch.optim.Optimizer]
+    text_features: list[torch.Tensor]  # per group, n_classes x D on the CPU (empty without text loss)
+    augment: BatchAugment
+    val_set: object
+
+
+def build_parts(cfg: Stage2Config, device: torch.device, info) -> Stage2Parts:
+    from progeo.data.test_sets import TestSet
+    from progeo.data.train_sets import TrainSet
+    from progeo.models.backbones import load_clip
+    from progeo.models.geolocalizer import GeoLocalizer
+
+    if not cfg.train_set or not cfg.val_set:
+        raise ConfigError("stage 2 needs --train-set FOLDER and --val-set FOLDER (train_set / val_set in a config file)")
+    if cfg.text_loss and not cfg.prompts:
+        raise ConfigError("stage 2 with the text loss needs the stage-1 prompts: --prompts FILE "
+                          "(or --no-text-loss for plain CosPlace training)")
+    train_set = TrainSet.open(cfg.train_set, cfg.groups_config(), cache_dir=cfg.groups_cache_dir)
+    groups = train_set.first_groups(cfg.groups_num)
+    val_set = TestSet(cfg.val_set, cfg.val_queries, cfg.positive_dist)
+    if cfg.test_set:
+        for queries in cfg.test_queries:  # fail now, not after hours of training
+            TestSet(cfg.test_set, queries, cfg.positive_dist)
+
+    clip = load_clip(cfg.backbone, weights=cfg.weights, quick_gelu=cfg.quick_gelu)
+    text_features = _text_features(cfg, clip, groups, device) if cfg.text_loss else []
+    model = GeoLocalizer.from_clip(clip, fc_output_dim=cfg.fc_output_dim, image_size=cfg.image_size,
+                                   provenance={"train_set": str(cfg.train_set), "text_loss": cfg.text_loss})
+    if cfg.normalization == "imagenet":
+        model.config.preprocess = dataclasses.replace(model.config.preprocess, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    if text_features and text_features[0].shape[1] != model.descriptor_dim:
+        raise ConfigError(f"the text loss compares {model.descriptor_dim}-d descriptors with {text_features[0].shape[1]}-d "
+                          f"text features; use fc_output_dim={text_features[0].shape[1]} (or --no-text-loss)")
+    trainable = model.freeze(freeze_cnn=cfg.freeze_cnn, freeze_trans=cfg.freeze_trans, train_all_layers=cfg.train_all_layers)
+    model.to(device)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    torch.manual_seed(cfg.seed)  # identical classifiers in every process
+    classifiers = [CosFace(model.descriptor_dim, len(g), s=cfg.cosface_s, m=cfg.cosface_m) for g in groups]
+    classifier_optimizers = [torch.optim.Adam(c.parameters(), lr=cfg.classifiers_lr) for c in classifiers]
+    pre = model.preprocess_config
+    augment = BatchAugment(AugmentConfig(
+        out_size=model.image_size, mean=pre.mean, std=pre.std, brightness=cfg.brightness, contrast=cfg.contrast,
+        saturation=cfg.saturation, hue=cfg.hue, crop_scale=tuple(cfg.crop_scale)))
+    source = _image_source(cfg, train_set, groups)
+    log.info("stage 2: %s, %d-d descriptors, %d trainable tensors, groups %s, text loss %s, %d process(es)",
+             clip.arch, model.descriptor_dim, len(trainable), [len(g) for g in groups], cfg.text_loss, info.world_size)
+    return Stage2Parts(groups, source, model, optimizer, classifiers, classifier_optimizers, text_features,
+                       augment, val_set)
+
+
+def _image_source(cfg: Stage2Config, train_set, groups) -> ImageSource:
+    size = cfg.image_size
+    used = np.concatenate([g.all_images()[0] for g in groups])
+    need = preload_bytes(len(np.unique(used)), size)
+    preload = cfg.preload_images if cfg.preload_images is not None else need <= cfg.preload_max_gib * 2**30
+    if preload:
+        return PreloadedImages(train_set.images, size, used, num_workers=cfg.num_workers, progress=cfg.progress)
+    return ImageSource(train_set.images, size)
+
+
+def _text_features(cfg: Stage2Config, clip, groups, device: torch.device) -> list[torch.Tensor]:
+    """Text features of every class of every used group, from the frozen stage-1 prompts."""
+    from progeo.device import autocast
+    from progeo.models.prompts import load_prompts
+    from progeo.models.text_encoder import ClipTextEncoder
+
+    encoder = ClipTextEncoder.from_clip(clip).to(device).eval().requires_grad_(False)
+    learners, info = load_prompts(cfg.prompts, encoder, architecture=clip.arch, device=device)
+    have = [pl.n_classes for pl in learners]
+    want = [len(g) for g in groups]
+    if len(have) < len(want) or have[: len(want)] != want:
+        raise ConfigError(
+            f"the prompts {cfg.prompts} have {len(have)} group(s) with {have} classes, but stage 2 trains "
+            f"{len(want)} group(s) with {want} classes; run stage 1 on the same train set with the same groups "
+            f"parameters and --groups-num {len(want)} (or train stage 2 with --groups-num {len(have)})")
+    out = []
+    with torch.no_grad():
+        for learner, n in zip(learners, want):
+            feats = []
+            for start in range(0, n, 256):
+                labels = torch.arange(start, min(n, start + 256), device=device)
+                with autocast(device, enabled=cfg.amp):
+                    feats.append(learner.text_features(encoder, labels).float().cpu())
+            out.append(torch.cat(feats))
+    return out
+
+
+def evaluate_model(model, test_set, cfg: Stage2Config, device: torch.device) -> dict:
+    """Recall@N of ``model`` on ``test_set`` as a JSON-ready dict (``{"R@1": ..., ...}``)."""
+    from progeo.eval.evaluate import evaluate
+
+    result = evaluate(model, test_set, batch_size=cfg.eval_batch_size, device=device, num_workers=cfg.num_workers,
+                      recall_values=cfg.recall_values, amp=cfg.amp, channels_last=False, progress=cfg.progress)
+    return result.as_dict()
