@@ -3,8 +3,10 @@
 Train: ``train_cells`` CosPlace cells (10 m of street each) per city, ``positions_per_cell``
 panoramas per cell and capture year, ``headings`` views per panorama (one per 30-degree bin),
 so every class gets ``positions_per_cell * len(train_years)`` images (>= 10, the CosPlace
-default minimum). Val/test: a database every ``db_spacing`` metres along held-out streets with
-``db_headings`` views, and queries a few metres away from database positions.
+default minimum). Val/test: a database panorama every ``db_spacing`` metres along held-out
+streets with ``db_headings`` views, and queries a few metres away from database positions.
+With 10 m spacing about 1/6 of a city's database lies within 25 m of a query, so telling the
+city apart is not enough to localize a query.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ class Preset:
     positions_per_cell: int = 4
     train_years: tuple[int, ...] = (2013, 2016, 2019)
     headings: int = 12
-    val_db_length: float = 40.0
-    test_db_length: float = 80.0
-    db_spacing: float = 5.0
+    val_db_length: float = 80.0
+    test_db_length: float = 160.0
+    db_spacing: float = 10.0
     db_headings: int = 8
     val_queries: int = 15
     test_queries: int = 20
@@ -56,12 +58,12 @@ def db_offsets(length: float, spacing: float) -> list[float]:
 
 
 PRESETS: dict[str, Preset] = {
-    "tiny": Preset("tiny", ("Lisbon", "Porto", "Oslo"), 64, train_cells=3, val_db_length=30.0,
-                   test_db_length=40.0, val_queries=10, test_queries=10),
-    "small": Preset("small", ALL_CITIES, 128, train_cells=5, val_db_length=40.0, test_db_length=80.0,
+    "tiny": Preset("tiny", ("Lisbon", "Porto", "Oslo"), 64, train_cells=3, val_db_length=60.0,
+                   test_db_length=80.0, val_queries=10, test_queries=10),
+    "small": Preset("small", ALL_CITIES, 128, train_cells=5, val_db_length=80.0, test_db_length=160.0,
                     val_queries=15, test_queries=20),
-    "default": Preset("default", ALL_CITIES, 128, train_cells=10, val_db_length=60.0,
-                      test_db_length=150.0, val_queries=25, test_queries=40),
+    "default": Preset("default", ALL_CITIES, 128, train_cells=10, val_db_length=120.0,
+                      test_db_length=300.0, val_queries=25, test_queries=40),
 }
 
 
