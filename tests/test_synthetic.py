@@ -223,6 +223,7 @@ def test_refuses_to_touch_a_foreign_folder_and_replaces_only_with_overwrite(tmp_
     ({"preset": "huge"}, "unknown synthetic world preset"),
     ({"image_size": 4}, "image_size"),
     ({"workers": 0}, "workers"),
+    ({"seed": -1}, "seed"),
 ])
 def test_bad_options_are_rejected(tmp_path, kwargs, match):
     with pytest.raises(ConfigError, match=match):

@@ -69,6 +69,8 @@ def generate_world(out_dir: str | os.PathLike, preset: str | Preset = "default",
     size = int(image_size or p.image_size)
     if not 16 <= size <= 1024:
         raise ConfigError(f"image_size={size} must be between 16 and 1024 pixels")
+    if int(seed) < 0:
+        raise ConfigError(f"seed={seed} must be a non-negative integer")
     workers = int(workers) if workers is not None else (os.cpu_count() or 1)
     if workers < 1:
         raise ConfigError(f"workers={workers} must be at least 1")

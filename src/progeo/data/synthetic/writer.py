@@ -42,6 +42,8 @@ _MAPS: dict[tuple[int, str], CityMap] = {}
 
 def city_map(city: str, seed: int = 0) -> CityMap:
     """The (cached) map of ``city`` in the world of ``seed``."""
+    if int(seed) < 0:
+        raise ConfigError(f"seed={seed} must be a non-negative integer")
     key = (int(seed), get_style(city).name)
     if key not in _MAPS:
         _MAPS[key] = build_city_map(get_style(city), int(seed))
@@ -140,7 +142,10 @@ def write_world(out_dir, preset: Preset, seed: int, image_size: int, workers: in
     maps = [city_map(c, seed) for c in preset.cities]
     captures = [cap for m in maps for cap in plan_city(preset, m, seed)]
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create a folder beside {out} ({exc}); choose a writable --out") from exc
     try:
         tasks = [(str(tmp), seed, image_size, t) for t in _tasks(captures)]
         rows: list[tuple] = []
@@ -170,6 +175,10 @@ def write_world(out_dir, preset: Preset, seed: int, image_size: int, workers: in
         manifest = _manifest(preset, seed, image_size, maps, counts)
         write_json_atomic(tmp / "world.json", manifest)
         _swap(tmp, out, replace)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ConfigError(f"writing the synthetic world to {out} failed: {exc}; check the free space "
+                          "and permissions of that folder") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
