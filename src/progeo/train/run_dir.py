@@ -102,6 +102,22 @@ class RunDir:
             for r in rows:
                 writer.writerow([r.get(k, "") for k in header])
 
+    def drop_rows_after(self, table: str, column: str, last: float) -> None:
+        """Remove the rows of ``<table>.csv`` whose ``column`` exceeds ``last`` (a resumed run redoes them)."""
+        path = self.path / f"{table}.csv"
+        if not self.enabled or not path.exists():
+            return
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header, rows = reader.fieldnames or [], list(reader)
+        kept = [r for r in rows if not r.get(column) or float(r[column]) <= last]
+        if len(kept) == len(rows):
+            return
+        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(kept)
+
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         """Merge ``metrics`` into ``metrics.json`` (atomically)."""
         if not self.enabled:

@@ -82,6 +82,8 @@ def _run(cfg: Stage2Config, info: ddp.DistInfo, device: torch.device, t0: float)
     if cfg.resume:
         state = _restore(run.state_path, parts, device)
         log.info("resuming %s at epoch %d, iteration %d (best R@1 %.2f)", out_dir, state.epoch, state.iteration, state.best_r1)
+        run.drop_rows_after("iterations", "step", state.epoch * cfg.iterations_per_epoch + state.iteration)
+        run.drop_rows_after("epochs", "epoch", state.epoch - 1)
     run.save_config(cfg)
     model = ddp.wrap_ddp(parts.model, info, device)
     scaler = make_grad_scaler(device, cfg.amp)
