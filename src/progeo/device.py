@@ -86,8 +86,9 @@ def autocast(device: str | torch.device, enabled: bool = True) -> Iterator[None]
 def prefers_channels_last(device: str | torch.device) -> bool:
     """Whether ResNet convolutions on ``device`` should run with NHWC tensors by default.
 
-    CUDA: yes (tensor-core convolutions want NHWC). CPU: no; benchmarks/bench_descriptors.py
-    measured no gain for RN50 on this project's 2-core CPU (tiny models gain a little). MPS: no.
+    CUDA: yes (tensor-core convolutions want NHWC). CPU: no; benchmarks/bench_descriptors.py gave
+    no consistent gain for RN50 on the project's shared 2-core CPU (from -12 % to +50 % between
+    runs), so contiguous stays the default there (``describe(channels_last=True)`` to try). MPS: no.
     """
     dev = torch.device(device) if not isinstance(device, torch.device) else device
     return dev.type == "cuda"
