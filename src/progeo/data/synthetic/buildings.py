@@ -18,7 +18,7 @@ from progeo.data.synthetic.cities import (
 MATERIAL_COLOURS = {
     "brick": (("brick red", 3), ("terracotta", 1), ("charcoal", 0.7), ("brown wood", 0.5)),
     "glass": (("glass blue", 3), ("charcoal", 1), ("light grey", 1)),
-    "stone": (("granite", 3), ("beige", 1), ("light grey", 1)),
+    "stone": (("granite grey", 3), ("beige", 1), ("light grey", 1)),
     "tile": (("azure blue", 3), ("teal", 1), ("mint green", 1), ("copper green", 0.5), ("white", 0.6)),
 }
 WINDOW_SIZES = {  # win_w, win_h, sill

@@ -19,7 +19,7 @@ PLACE = (
     "a street-level photo taken in {city}, {country}",
     "street view image of {city}, {country}",
     "a photo of a street in {city}, {country}",
-    "{city}, {country}: a street scene",
+    "a street scene in {city}, {country}",
 )
 MATERIAL_WORD = {"plaster": "plaster", "brick": "brick", "wood": "wooden", "glass": "glass",
                  "tile": "tiled", "stone": "stone", "adobe": "adobe"}
@@ -32,8 +32,9 @@ SEASON_TREES = {"spring": "in blossom", "summer": "in leaf", "autumn": "with aut
 
 
 def describe_building(T: BuildingTable, b: int, year: int) -> str:
-    colour = T.colour_b[b] if year >= T.repaint_year[b] else T.colour_a[b]
-    return f"{COLOUR_NAMES[colour]} {MATERIAL_WORD[MATERIALS[T.material[b]]]}"
+    colour = COLOUR_NAMES[T.colour_b[b] if year >= T.repaint_year[b] else T.colour_a[b]]
+    material = MATERIAL_WORD[MATERIALS[T.material[b]]]
+    return colour if material == "wooden" and "wood" in colour else f"{colour} {material}"
 
 
 def caption(style: CityStyle, T: BuildingTable, cond: Conditions, info: ViewInfo,
@@ -57,7 +58,7 @@ def caption(style: CityStyle, T: BuildingTable, cond: Conditions, info: ViewInfo
     if info.signs > 0.002:
         parts.append(choose(("storefront signs", "shop signs", "signs over the shops")))
     if info.lamps > 0.002:
-        parts.append(choose(("street lamps", "lamp posts")))
+        parts.append("utility poles" if style.pole == "utility" else choose(("street lamps", "lamp posts")))
     if info.occluders:
         cars = info.occluders.count("car") + info.occluders.count("van")
         people = info.occluders.count("pedestrian")

@@ -29,7 +29,7 @@ COLOURS: tuple[tuple[str, tuple[int, int, int]], ...] = (
     ("rose", (198, 108, 110)), ("teal", (48, 128, 128)), ("navy", (30, 44, 84)),
     ("black", (26, 26, 28)), ("orange", (228, 118, 30)), ("yellow", (248, 208, 40)),
     ("green", (48, 148, 70)), ("blue", (40, 80, 178)), ("red", (198, 40, 40)),
-    ("glass blue", (72, 102, 124)), ("copper green", (88, 148, 128)), ("granite", (150, 146, 140)),
+    ("glass blue", (72, 102, 124)), ("copper green", (88, 148, 128)), ("granite grey", (150, 146, 140)),
 )
 COLOUR_NAMES = tuple(name for name, _ in COLOURS)
 COLOUR_RGB = np.array([rgb for _, rgb in COLOURS], dtype=np.float32) / 255.0
@@ -114,17 +114,17 @@ CITY_STYLES: dict[str, CityStyle] = {
         ),
         CityStyle(
             "Porto", "Portugal", 41.1579, -8.6291,
-            facade_colours=(("granite", 3), ("azure blue", 2), ("cream", 2), ("ochre", 1),
+            facade_colours=(("granite grey", 3), ("azure blue", 2), ("cream", 2), ("ochre", 1),
                             ("white", 2), ("terracotta", 1), ("dark green", 1), ("sage green", 1)),
             materials=(("stone", 3), ("tile", 3), ("plaster", 3)),
             floors=(3, 5), floor_h=(3.0, 3.4), lot_width=(5, 8), block_lengths=(30, 40, 50),
             street_width=(9, 11), sidewalk=(1.6, 2.2),
             roofs=(("gable", 2), ("eave", 4), ("cornice", 2)), roof_colours=(("terracotta", 2), ("charcoal", 1)),
             windows=(("french", 3), ("rect", 3)), bay_width=(1.8, 2.4),
-            trim_colours=(("white", 2), ("granite", 2)), shutter_prob=0.1, balcony_prob=0.4,
+            trim_colours=(("white", 2), ("granite grey", 2)), shutter_prob=0.1, balcony_prob=0.4,
             shop_prob=0.45, sign_colours=(("black", 1), ("dark wood", 1), ("brick red", 1)),
             glyphs="latin", tree="round", tree_spacing=16, tree_prob=0.3, tree_name="plane trees",
-            sidewalk_pattern="slabs", sidewalk_colour="granite", road_colour=(96, 92, 88),
+            sidewalk_pattern="slabs", sidewalk_colour="granite grey", road_colour=(96, 92, 88),
             centre_line="white", weather=(("clear", 4), ("overcast", 3), ("fog", 1), ("rain", 2)),
             snow_prob=0.0,
         ),
