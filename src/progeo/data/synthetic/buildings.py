@@ -16,7 +16,7 @@ from progeo.data.synthetic.cities import (
 )
 
 MATERIAL_COLOURS = {
-    "brick": (("brick red", 3), ("terracotta", 1), ("charcoal", 0.7), ("brown wood", 0.5)),
+    "brick": (("brick red", 3), ("terracotta", 1), ("charcoal", 0.7), ("brown", 0.5)),
     "glass": (("glass blue", 3), ("charcoal", 1), ("light grey", 1)),
     "stone": (("granite grey", 3), ("beige", 1), ("light grey", 1)),
     "tile": (("azure blue", 3), ("teal", 1), ("mint green", 1), ("copper green", 0.5), ("white", 0.6)),
@@ -145,7 +145,7 @@ def sample_building(rng: np.random.Generator, style: CityStyle, box) -> dict:
         win_h=float(rng.uniform(hlo, hhi)), sill=sill,
         win_density=0.6 if style.name == "Marrakesh" else 1.0,
         shutters=bool(rng.random() < style.shutter_prob),
-        shutter_colour=_colour(rng, (("dark green", 2), ("brown wood", 1), ("teal", 1), ("white", 0.5))),
+        shutter_colour=_colour(rng, (("dark green", 2), ("brown", 1), ("teal", 1), ("white", 0.5))),
         balcony=bool(rng.random() < style.balcony_prob and window in ("french", "rect")),
         shop=shop, sign_bg_a=sign_bg_a, sign_bg_b=sign_bg_b,
         glyph_colour=_colour(rng, (("white", 3), ("yellow", 1), ("cream", 1))),

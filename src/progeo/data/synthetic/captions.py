@@ -34,7 +34,10 @@ SEASON_TREES = {"spring": "in blossom", "summer": "in leaf", "autumn": "with aut
 def describe_building(T: BuildingTable, b: int, year: int) -> str:
     colour = COLOUR_NAMES[T.colour_b[b] if year >= T.repaint_year[b] else T.colour_a[b]]
     material = MATERIAL_WORD[MATERIALS[T.material[b]]]
-    return colour if material == "wooden" and "wood" in colour else f"{colour} {material}"
+    stem = {"wooden": "wood", "tiled": "tile"}.get(material, material)
+    if stem in colour:  # "brick red" + "brick" -> "red brick", "glass blue" + "glass" -> "blue glass"
+        colour = colour.replace(stem, "").strip()
+    return f"{colour} {material}"
 
 
 def caption(style: CityStyle, T: BuildingTable, cond: Conditions, info: ViewInfo,

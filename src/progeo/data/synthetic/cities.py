@@ -24,7 +24,7 @@ COLOURS: tuple[tuple[str, tuple[int, int, int]], ...] = (
     ("azure blue", (40, 88, 168)), ("mint green", (168, 208, 178)), ("sage green", (136, 158, 118)),
     ("dark green", (38, 78, 54)), ("light grey", (190, 190, 184)), ("grey", (138, 138, 134)),
     ("charcoal", (58, 58, 62)), ("beige", (214, 194, 158)), ("sand", (210, 178, 128)),
-    ("brown wood", (112, 72, 42)), ("dark wood", (64, 42, 28)), ("tan", (178, 138, 94)),
+    ("brown", (112, 72, 42)), ("dark wood", (64, 42, 28)), ("tan", (178, 138, 94)),
     ("lavender", (188, 168, 208)), ("peach", (244, 188, 140)), ("red ochre", (172, 84, 54)),
     ("rose", (198, 108, 110)), ("teal", (48, 128, 128)), ("navy", (30, 44, 84)),
     ("black", (26, 26, 28)), ("orange", (228, 118, 30)), ("yellow", (248, 208, 40)),
@@ -163,7 +163,7 @@ CITY_STYLES: dict[str, CityStyle] = {
         ),
         CityStyle(
             "Kyoto", "Japan", 35.0116, 135.7681,
-            facade_colours=(("dark wood", 4), ("brown wood", 2), ("cream", 2), ("white", 1),
+            facade_colours=(("dark wood", 4), ("brown", 2), ("cream", 2), ("white", 1),
                             ("beige", 1), ("charcoal", 1)),
             materials=(("wood", 6), ("plaster", 3)),
             floors=(2, 2), floor_h=(2.8, 3.0), lot_width=(6, 9), block_lengths=(40, 50),
