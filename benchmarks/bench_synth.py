@@ -67,7 +67,9 @@ def main() -> None:
     args = parser.parse_args()
     for name in PRESETS["default"].cities:
         city_map(name)
-    print(f"rendering on one core ({args.images} images, 12-view panoramas, six cities)")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"rendering on one core ({args.images} images, 12-view panoramas, six cities; "
+          f"{os.cpu_count()} cores, load average {load:.1f} before the run)")
     print(f"{'size':>6}  {'render img/s':>13}  {'render+JPEG img/s':>18}  {'(CPU time) img/s':>17}")
     for size in (64, 128):
         r, b, c = bench_render(size, args.images)

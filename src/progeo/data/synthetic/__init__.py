@@ -71,7 +71,9 @@ def generate_world(out_dir: str | os.PathLike, preset: str | Preset = "default",
         raise ConfigError(f"image_size={size} must be between 16 and 1024 pixels")
     if int(seed) < 0:
         raise ConfigError(f"seed={seed} must be a non-negative integer")
-    workers = int(workers) if workers is not None else (os.cpu_count() or 1)
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = int(workers)
     if workers < 1:
         raise ConfigError(f"workers={workers} must be at least 1")
     return write_world(Path(out_dir), p, int(seed), size, workers, overwrite, progress)
