@@ -156,15 +156,15 @@ def shade_facade(T: BuildingTable, glyphs: np.ndarray, year: int, b, u, w, px, z
     frame = present & (zf > lo - 0.16) & (zf < hi + 0.1) & (inside & (auf < ww / 2 + 0.12) & ~glass_wall)
     slot[frame] = TRIM
     shade[frame] = 1.0
-    hw = hash_rows(hash_u32(bay, seed, 11), fl)
-    slot[win] = np.where(hw[win] < 0.18, CURTAIN, GLASS)
-    shade[win] = 0.8 + 0.4 * hw[win]
-    lattice = win & ((kind == W["lattice"]) & (_frac(uf / 0.12) < 0.5))
-    slot[lattice] = WOOD
+    wr, wc = np.nonzero(win)  # window pixels: pane tint, curtains, lattice, lit at night
+    hw = hash_rows(hash_u32(bay[wc], seed[wc], 11), fl[wr, wc])
+    lattice = (kind[wc] == W["lattice"]) & (_frac(uf[wc] / 0.12) < 0.5)
+    slot[wr, wc] = np.where(lattice, WOOD, np.where(hw < 0.18, CURTAIN, GLASS))
+    shade[wr, wc] = 0.8 + 0.4 * hw
     if glow:
-        lit = win & (hash_rows(hash_u32(bay, seed, 5), fl) < T.lit_prob[b])
-        estr[lit] = np.where(lattice[lit], 0.2, 0.6 + 0.4 * hw[lit])
-        shade[lit] *= 0.3
+        lit = hash_rows(hash_u32(bay[wc], seed[wc], 5), fl[wr, wc]) < T.lit_prob[b][wc]
+        estr[wr[lit], wc[lit]] = np.where(lattice[lit], 0.2, 0.6 + 0.4 * hw[lit])
+        shade[wr[lit], wc[lit]] *= 0.3
     if glass_wall.any():
         gsel = np.nonzero(glass_wall)[0]
         zz, uu = z[:, gsel], u[gsel]
