@@ -1,0 +1,265 @@
+"""Nearest-neighbour search over millions of descriptors with faiss.
+
+Descriptors are compared by cosine similarity: vectors are L2-normalized (in float32, one
+chunk at a time) before they are added or searched, and :func:`search` always returns
+similarities (higher is better) whatever the index's internal metric.
+
+Index kinds (:class:`IndexConfig` ``kind``):
+
+``"flat"`` (default)
+    exact inner product (``IndexFlatIP``); 4 bytes x dim per vector.
+``"flat-fp16"``
+    exact scan over float16 codes (``IndexScalarQuantizer`` ``QT_fp16``); half the memory,
+    no BLAS, so slower than ``flat`` for large query batches.
+``"ivfpq"``
+    ``IndexIVFPQ``: a coarse k-means quantizer with ``nlist`` cells, each vector stored as
+    ``m`` bytes (``nbits`` = 8) of product-quantized residual; ``nprobe`` cells are scanned per
+    query. Trained on a random sample of ``train_size`` vectors. The choice for millions.
+``"hnsw"``
+    ``IndexHNSWFlat``: graph search (``hnsw_m`` links per node, ``ef_construction`` at build,
+    ``ef_search`` at query time); fast and accurate but keeps the float32 vectors plus the graph.
+
+Inputs may be float16/float32 arrays or memory maps of any size: they are added in chunks,
+and flat kinds are written straight into a preallocated faiss buffer, so peak memory is the
+index plus one chunk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+from progeo.errors import ConfigError, DatasetError
+from progeo.io import atomic_path, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+INDEX_KINDS = ("flat", "flat-fp16", "ivfpq", "hnsw")
+_CONFIG_SUFFIX = ".json"
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How to index descriptors. ``None`` values are chosen from the database size at build.
+
+    Defaults were chosen with ``benchmarks/bench_index.py`` on 2.8 M x 512 descriptors.
+    """
+
+    kind: str = "flat"
+    # ivfpq
+    nlist: int | None = None  # coarse cells; auto: 4 * sqrt(N) rounded to a power of two, in [16, 65536]
+    m: int | None = None  # PQ bytes per vector; auto: dim // 8 (64 for 512-d: 1/32 of float32)
+    nbits: int = 8
+    nprobe: int = 32  # cells scanned per query
+    train_size: int | None = None  # auto: min(N, max(64 * nlist, 100_000)) capped at 500_000
+    # hnsw
+    hnsw_m: int = 32
+    ef_construction: int = 40
+    ef_search: int = 128
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in INDEX_KINDS:
+            raise ConfigError(f"index kind {self.kind!r} is unknown: choose one of {', '.join(INDEX_KINDS)}")
+        for name in ("nlist", "m", "train_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"index {name}={value} must be positive (or left unset for automatic)")
+        if min(self.nbits, self.nprobe, self.hnsw_m, self.ef_construction, self.ef_search) < 1:
+            raise ConfigError("index nbits, nprobe, hnsw_m, ef_construction and ef_search must be positive")
+
+    def resolved(self, database_num: int, dim: int) -> "IndexConfig":
+        """A copy with every automatic value fixed for ``database_num`` vectors of ``dim``."""
+        if self.kind != "ivfpq":
+            return self
+        nlist = self.nlist or int(min(65536, max(16, 2 ** round(math.log2(4 * math.sqrt(max(database_num, 1)))))))
+        m = self.m or max(1, dim // 8)
+        if dim % m:
+            raise ConfigError(f"index m={m} must divide the descriptor dimension {dim}: try {dim // 8} or {dim // 16}")
+        train_size = self.train_size or min(database_num, 500_000, max(64 * nlist, 100_000))
+        if database_num < nlist:
+            raise ConfigError(f"ivfpq needs at least nlist={nlist} database vectors, got {database_num}: use kind 'flat'")
+        return dataclasses.replace(self, nlist=nlist, m=m, train_size=train_size)
+
+
+@contextlib.contextmanager
+def faiss_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` OpenMP threads in faiss (``None``: leave as is)."""
+    if threads is None:
+        yield
+        return
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(max(1, int(threads)))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
+
+
+def _as_float32_normalized(block: np.ndarray) -> np.ndarray:
+    out = np.ascontiguousarray(block, dtype=np.float32)
+    if out is block:  # never modify the caller's array in place
+        out = out.copy()
+    faiss.normalize_L2(out)
+    return out
+
+
+def _check_descriptors(descriptors: np.ndarray, name: str) -> None:
+    if descriptors.ndim != 2 or not np.issubdtype(descriptors.dtype, np.floating):
+        raise ConfigError(f"{name} must be an N x dim float array, got shape {descriptors.shape} {descriptors.dtype}")
+
+
+def _empty_index(config: IndexConfig, dim: int) -> faiss.Index:
+    ip = faiss.METRIC_INNER_PRODUCT
+    if config.kind == "flat":
+        return faiss.IndexFlatIP(dim)
+    if config.kind == "flat-fp16":
+        return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, ip)
+    if config.kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, config.hnsw_m, ip)
+        index.hnsw.efConstruction = config.ef_construction
+        return index
+    # L2 on unit vectors ranks like inner product, and residual PQ is most accurate with L2.
+    quantizer = faiss.IndexFlatL2(dim)
+    index = faiss.IndexIVFPQ(quantizer, dim, config.nlist, config.m, config.nbits)
+    index.cp.seed = config.seed
+    return index
+
+
+def _train(index: faiss.Index, descriptors: np.ndarray, config: IndexConfig) -> None:
+    rng = np.random.default_rng(config.seed)
+    sample = np.sort(rng.choice(len(descriptors), size=config.train_size, replace=False))
+    logger.info("training %s on %d of %d vectors", config.kind, len(sample), len(descriptors))
+    index.train(_as_float32_normalized(descriptors[sample]))
+
+
+def build_index(
+    descriptors: np.ndarray,
+    config: IndexConfig = IndexConfig(),
+    chunk_size: int = 65536,
+    threads: int | None = None,
+    progress: bool = True,
+) -> faiss.Index:
+    """Index ``descriptors`` (N x dim, float16 or float32, possibly memory-mapped).
+
+    Row ``i`` of ``descriptors`` gets id ``i``. Search-time parameters (``nprobe``,
+    ``ef_search``) are applied to the returned index.
+    """
+    _check_descriptors(descriptors, "descriptors")
+    database_num, dim = descriptors.shape
+    config = config.resolved(database_num, dim)
+    with faiss_threads(threads):
+        index = _empty_index(config, dim)
+        if not index.is_trained:
+            _train(index, descriptors, config)
+        chunks = range(0, database_num, chunk_size)
+        bar = tqdm(chunks, desc=f"indexing ({config.kind})", unit="chunk", disable=not progress)
+        if isinstance(index, faiss.IndexFlatCodes):
+            # write codes into one preallocated buffer: no vector-doubling copies of a huge array
+            index.codes.resize(database_num * index.code_size)
+            codes = faiss.rev_swig_ptr(index.codes.data(), database_num * index.code_size)
+            codes = codes.reshape(database_num, index.code_size)
+            for start in bar:
+                block = descriptors[start : start + chunk_size]
+                codes[start : start + len(block)] = index.sa_encode(_as_float32_normalized(block))
+            index.ntotal = database_num
+        else:
+            for start in bar:
+                index.add(_as_float32_normalized(descriptors[start : start + chunk_size]))
+    apply_search_params(index, config)
+    return index
+
+
+def apply_search_params(index: faiss.Index, config: IndexConfig) -> None:
+    """Set ``nprobe`` (ivfpq) or ``efSearch`` (hnsw) from ``config`` on ``index``."""
+    if config.kind == "ivfpq":
+        faiss.extract_index_ivf(index).nprobe = config.nprobe
+    elif config.kind == "hnsw":
+        faiss.downcast_index(index).hnsw.efSearch = config.ef_search
+
+
+def search(
+    index: faiss.Index,
+    queries: np.ndarray,
+    k: int,
+    batch_size: int = 4096,
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` database ids for each query: ``(scores Q x k float32, ids Q x k int64)``.
+
+    Scores are cosine similarities, best first; where fewer than ``k`` results exist the
+    ids are ``-1`` and the scores ``-inf``.
+    """
+    _check_descriptors(queries, "queries")
+    if queries.shape[1] != index.d:
+        raise ConfigError(f"queries have dimension {queries.shape[1]} but the index has {index.d}: use the same model")
+    if k < 1:
+        raise ConfigError(f"k={k} must be at least 1")
+    scores = np.empty((len(queries), k), dtype=np.float32)
+    ids = np.empty((len(queries), k), dtype=np.int64)
+    with faiss_threads(threads):
+        for start in range(0, len(queries), batch_size):
+            block = _as_float32_normalized(queries[start : start + batch_size])
+            dist, found = index.search(block, k)
+            if index.metric_type == faiss.METRIC_L2:  # unit vectors: |a - b|^2 = 2 - 2 cos
+                dist = 1.0 - dist / 2.0
+            dist[found < 0] = -np.inf
+            scores[start : start + len(block)] = dist
+            ids[start : start + len(block)] = found
+    return scores, ids
+
+
+def config_path(index_path: str | os.PathLike) -> str:
+    """The JSON file saved beside an index file."""
+    return os.fspath(index_path) + _CONFIG_SUFFIX
+
+
+def save_index(index: faiss.Index, path: str | os.PathLike, config: IndexConfig) -> None:
+    """Write ``index`` atomically to ``path`` and its config to ``path.json``."""
+    config = config.resolved(int(index.ntotal), int(index.d))
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, os.fspath(tmp))
+    meta = {"config": dataclasses.asdict(config), "ntotal": int(index.ntotal), "dim": int(index.d), "faiss_version": faiss.__version__}
+    write_json_atomic(config_path(path), meta)
+
+
+def load_index(path: str | os.PathLike, mmap: bool = True) -> tuple[faiss.Index, IndexConfig]:
+    """Read an index saved by :func:`save_index`; with ``mmap`` its codes stay on disk
+    (``IO_FLAG_MMAP_IFC``), falling back to reading into memory where faiss cannot map it."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DatasetError(f"index file {path} does not exist: build it first with `progeo index build`")
+    try:
+        with open(config_path(path), encoding="utf-8") as f:
+            meta = json.load(f)
+        config = IndexConfig(**meta["config"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"index config {config_path(path)} is missing or invalid ({exc}): rebuild the index") from exc
+    index = None
+    if mmap:
+        try:
+            index = faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC)
+        except RuntimeError as exc:
+            logger.info("cannot memory-map %s (%s); reading it into memory", path, str(exc).splitlines()[0])
+    if index is None:
+        try:
+            index = faiss.read_index(path)
+        except RuntimeError as exc:
+            raise DatasetError(f"cannot read index {path}: {str(exc).splitlines()[0]}; rebuild it") from exc
+    if index.ntotal != meta.get("ntotal") or index.d != meta.get("dim"):
+        raise DatasetError(
+            f"index {path} has {index.ntotal} x {index.d} vectors but its config says "
+            f"{meta.get('ntotal')} x {meta.get('dim')}: the files do not belong together, rebuild the index"
+        )
+    apply_search_params(index, config)
+    return index, config
