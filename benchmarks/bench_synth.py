@@ -4,7 +4,8 @@
 
 Rendering is measured in this process with numpy/BLAS/torch threads limited to 1, on training
 panoramas (12 views of one capture per call, as the generator does) across the six cities. Preset
-times are end to end (plan, render, encode, write, index files) with all cores (``--workers``).
+times are end to end (plan, render, encode, write, index files) with all cores (``--workers``);
+"CPU seconds" (all processes) divided by the number of cores is the wall time on an idle machine.
 """
 
 from __future__ import annotations
@@ -59,6 +60,14 @@ def bench_render(size: int, images: int) -> tuple[float, float, float]:
     return n / t_render, n / t_both, n / c_both
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the rendering workers)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--presets", default="tiny,small,default")
@@ -78,12 +87,14 @@ def main() -> None:
     if presets:
         workers = args.workers or os.cpu_count() or 1
         print(f"\npresets end to end ({workers} workers)")
-        print(f"{'preset':>8}  {'images':>7}  {'size':>5}  {'seconds':>8}  {'img/s':>6}")
+        print(f"{'preset':>8}  {'images':>7}  {'size':>5}  {'seconds':>8}  {'img/s':>6}  {'CPU seconds':>11}")
         for name in presets:
             with tempfile.TemporaryDirectory() as tmp:
+                cpu0 = _cpu_seconds()
                 s = generate_world(Path(tmp) / "w", name, seed=0, workers=workers)
+                cpu = _cpu_seconds() - cpu0
                 print(f"{name:>8}  {s.total_images:>7,d}  {s.image_size:>5}  {s.seconds:>8.1f}  "
-                      f"{s.total_images / s.seconds:>6.0f}")
+                      f"{s.total_images / s.seconds:>6.0f}  {cpu:>11.1f}")
 
 
 if __name__ == "__main__":

@@ -19,15 +19,18 @@ Paths in ``<folder>_images_paths.txt`` are relative to ``<folder>``. File names 
 ``@UTM_east@UTM_north@UTM_zone_number@UTM_zone_letter@lat@lon@pano_id@tile_num@heading@pitch@roll@height@timestamp@note@.jpg``
 (heading in compass degrees, timestamp YYYYMM, note = conditions, e.g. ``night-rain-autumn``).
 
-Presets (images per city: train / val / test; all cities):
+Presets (images per city: train / val / test; CPU time of the whole generation, all processes,
+measured with ``benchmarks/bench_synth.py``; the wall time on two idle cores is about half):
 
-========  ======  =====  ==========================  ========  =================================
-preset    cities  size   per city                    total     generation (2 cores)
-========  ======  =====  ==========================  ========  =================================
-tiny      3       64     432 / 58 / 94               1,752     a few seconds (used by the tests)
-small     6       128    720 / 79 / 188              5,922     ~20 s
-default   6       128    1,440 / 121 / 360           11,526    ~40-60 s (used by ``make demo``)
-========  ======  =====  ==========================  ========  =================================
+========  ======  =====  ==========================  ========  ==========  =========================
+preset    cities  size   per city                    total     CPU time    use
+========  ======  =====  ==========================  ========  ==========  =========================
+tiny      3       64     432 / 58 / 94               1,752     ~4 s        tests (``tiny_world``)
+small     6       128    720 / 79 / 188              5,922     ~24 s       quick experiments
+default   6       128    1,440 / 121 / 360           11,526    ~47 s       ``make demo``
+========  ======  =====  ==========================  ========  ==========  =========================
+
+Rendering runs at ~300 images/s (128 px) and ~900 images/s (64 px) per core, JPEG included.
 
 Training classes (10 m x 10 m x 30 degrees CosPlace cells) get 12 images each (4 panoramas per
 cell and capture year, 3 years); val/test streets lie in districts never seen in training; every
