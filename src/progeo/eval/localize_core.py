@@ -1,0 +1,270 @@
+"""Where was a photo taken: position and confidence from its top-k retrieved database images.
+
+Model-independent: input is the search result (ids and cosine scores, best first) and the
+coordinates of the database images; a ``Localizer`` tying a model and an index together only
+has to call :func:`predict_positions`.
+
+Position
+    the best match's position (lat/lon and UTM): retrieval localizes by the nearest database
+    image, as in the recall@1 protocol.
+
+Confidence (cosine-similarity units, >= 0)
+    ``score(best) - score(best rival)``, where the best rival is the highest-scoring match
+    farther than ``positive_dist`` (25 m) from the best match, i.e. the strongest evidence for
+    *another* place. If all top-k matches agree (lie within ``positive_dist`` of the best), the
+    rival is unknown but scores at most the k-th score, so ``score(best) - score(k-th)`` is
+    used: a lower bound, with ``rival_in_top_k = False``. A small gap means two places look
+    alike to the model; ``agreeing`` counts the top-k matches within ``positive_dist`` of the
+    best (itself included) as a second, vote-like signal.
+
+Distances between two images use UTM (Euclidean) when they share a zone and hemisphere, the
+great-circle distance otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import utm
+
+from progeo.errors import ConfigError, DatasetError
+from progeo.eval.recall import POSITIVE_DIST_M
+from progeo.io import atomic_path, write_json_atomic
+
+EARTH_RADIUS_M = 6_371_008.8
+
+
+def haversine_m(lat1, lon1, lat2, lon2) -> np.ndarray:
+    """Great-circle distance in metres (broadcasting over arrays of degrees)."""
+    lat1, lon1, lat2, lon2 = (np.radians(np.asarray(v, dtype=np.float64)) for v in (lat1, lon1, lat2, lon2))
+    a = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
+    return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+
+
+def utm_zones(lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """UTM zone numbers and latitude-band letters for arrays of degrees (Norway and
+    Svalbard exceptions included)."""
+    lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
+    numbers = (np.floor((lon + 180.0) / 6.0).astype(np.int64) % 60) + 1
+    numbers = np.where((lat >= 56) & (lat < 64) & (lon >= 3) & (lon < 12), 32, numbers)
+    svalbard = (lat >= 72) & (lat <= 84) & (lon >= 0) & (lon < 42)
+    numbers = np.where(svalbard, np.select([lon < 9, lon < 21, lon < 33], [31, 33, 35], 37), numbers)
+    bands = np.array(list("CDEFGHJKLMNPQRSTUVWXX"))
+    letters = bands[np.clip(((lat + 80.0) // 8).astype(np.int64), 0, 20)]
+    return numbers, letters
+
+
+@dataclass(frozen=True)
+class DatabaseCoordinates:
+    """Per database image: UTM east/north (m), zone number and letter, lat/lon (degrees), path.
+
+    Missing lat/lon (NaN, e.g. empty file-name fields) are computed from UTM.
+    """
+
+    east: np.ndarray
+    north: np.ndarray
+    zone_number: np.ndarray
+    zone_letter: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+    paths: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.east)
+        for name in ("north", "zone_number", "zone_letter", "lat", "lon"):
+            if len(getattr(self, name)) != n:
+                raise DatasetError(f"database coordinates: {name} has {len(getattr(self, name))} entries, east has {n}")
+        if self.paths is not None and len(self.paths) != n:
+            raise DatasetError(f"database coordinates: {len(self.paths)} paths for {n} images")
+        cast = {
+            "east": np.asarray(self.east, dtype=np.float64), "north": np.asarray(self.north, dtype=np.float64),
+            "zone_number": np.asarray(self.zone_number, dtype=np.int64),
+            "zone_letter": np.char.upper(np.asarray(self.zone_letter).astype(str)),
+            "lat": np.array(self.lat, dtype=np.float64), "lon": np.array(self.lon, dtype=np.float64),
+        }
+        missing = ~(np.isfinite(cast["lat"]) & np.isfinite(cast["lon"]))
+        for zone in {(int(z), str(l)) for z, l in zip(cast["zone_number"][missing], cast["zone_letter"][missing])}:
+            rows = missing & (cast["zone_number"] == zone[0]) & (cast["zone_letter"] == zone[1])
+            try:
+                cast["lat"][rows], cast["lon"][rows] = utm.to_latlon(cast["east"][rows], cast["north"][rows], *zone)
+            except (utm.OutOfRangeError, ValueError) as exc:
+                raise DatasetError(f"database UTM coordinates in zone {zone[0]}{zone[1]} are invalid ({exc}): check the image names") from exc
+        for name, value in cast.items():
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def from_utm(cls, east, north, zone_number, zone_letter, paths: Sequence[str] | None = None) -> "DatabaseCoordinates":
+        nan = np.full(len(east), np.nan)
+        return cls(east, north, zone_number, zone_letter, nan, nan.copy(), paths)
+
+    @classmethod
+    def from_latlon(cls, lat, lon, paths: Sequence[str] | None = None) -> "DatabaseCoordinates":
+        lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
+        if np.any(~np.isfinite(lat) | (np.abs(lat) > 84) | ~np.isfinite(lon) | (np.abs(lon) > 180)):
+            raise DatasetError("database latitudes must lie in [-84, 84] and longitudes in [-180, 180] (UTM's range)")
+        numbers, letters = utm_zones(lat, lon)
+        east, north = np.empty_like(lat), np.empty_like(lat)
+        for zone, northern in {(int(z), bool(n)) for z, n in zip(numbers, lat >= 0)}:
+            rows = (numbers == zone) & ((lat >= 0) == northern)
+            east[rows], north[rows], _, _ = utm.from_latlon(
+                lat[rows], lon[rows], force_zone_number=zone, force_zone_letter="N" if northern else "M"
+            )
+        return cls(east, north, numbers, letters, lat, lon, paths)
+
+    def __len__(self) -> int:
+        return len(self.east)
+
+    def distances_m(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Distances between database images ``a`` and ``b`` (broadcastable index arrays)."""
+        same = (self.zone_number[a] == self.zone_number[b]) & ((self.zone_letter[a] >= "N") == (self.zone_letter[b] >= "N"))
+        planar = np.hypot(self.east[a] - self.east[b], self.north[a] - self.north[b])
+        return np.where(same, planar, haversine_m(self.lat[a], self.lon[a], self.lat[b], self.lon[b]))
+
+
+@dataclass(frozen=True)
+class Match:
+    rank: int  # 1 = best
+    database_index: int
+    score: float
+    lat: float
+    lon: float
+    distance_to_best_m: float
+    path: str | None
+
+
+@dataclass(frozen=True)
+class PhotoPrediction:
+    query: str
+    lat: float
+    lon: float
+    utm_east: float
+    utm_north: float
+    utm_zone_number: int
+    utm_zone_letter: str
+    score: float
+    confidence: float
+    rival_in_top_k: bool
+    agreeing: int
+    matches: tuple[Match, ...]
+
+    def as_dict(self) -> dict:
+        return asdict(self) | {"matches": [asdict(m) for m in self.matches]}
+
+
+def predict_positions(
+    ids: np.ndarray,
+    scores: np.ndarray,
+    database: DatabaseCoordinates,
+    query_names: Sequence[str],
+    positive_dist: float = POSITIVE_DIST_M,
+) -> list[PhotoPrediction]:
+    """One :class:`PhotoPrediction` per query from its Q x K search result (best first)."""
+    ids, scores = np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float64)
+    if ids.ndim != 2 or ids.shape != scores.shape or len(ids) != len(query_names):
+        raise ConfigError(f"ids {ids.shape} and scores {scores.shape} must both be {len(query_names)} queries x K")
+    if ids.size and ids.max() >= len(database):
+        raise DatasetError(f"match id {ids.max()} is outside the database of {len(database)} images: index and database differ")
+    if len(ids) and np.any(ids[:, 0] < 0):
+        raise DatasetError("a photo got no match at all: the index is empty")
+    valid = ids >= 0
+    safe = np.where(valid, ids, ids[:, :1])
+    to_best = database.distances_m(safe, safe[:, :1])
+    rival = valid & (to_best > positive_dist)
+    rival_in_top_k = rival.any(axis=1)
+    kth = np.where(valid, scores, np.inf).min(axis=1)
+    rival_score = np.where(rival_in_top_k, np.where(rival, scores, -np.inf).max(axis=1), kth)
+    confidence = scores[:, 0] - rival_score
+    agreeing = (valid & ~rival).sum(axis=1)
+    predictions = []
+    for q, name in enumerate(query_names):  # assembling output records; the maths is above
+        best = int(ids[q, 0])
+        matches = tuple(
+            Match(rank + 1, int(i), float(scores[q, rank]), float(database.lat[i]), float(database.lon[i]),
+                  float(to_best[q, rank]), None if database.paths is None else str(database.paths[i]))
+            for rank, i in enumerate(ids[q]) if i >= 0
+        )
+        predictions.append(PhotoPrediction(
+            str(name), float(database.lat[best]), float(database.lon[best]), float(database.east[best]),
+            float(database.north[best]), int(database.zone_number[best]), str(database.zone_letter[best]),
+            float(scores[q, 0]), float(confidence[q]), bool(rival_in_top_k[q]), int(agreeing[q]), matches,
+        ))
+    return predictions
+
+
+def prediction_rows(predictions: Sequence[PhotoPrediction]) -> list[dict]:
+    """One flat dict per photo (for tables and CSV)."""
+    return [
+        {"query": p.query, "lat": p.lat, "lon": p.lon, "utm_east": p.utm_east, "utm_north": p.utm_north,
+         "utm_zone": f"{p.utm_zone_number}{p.utm_zone_letter}", "score": p.score, "confidence": p.confidence,
+         "agreeing": p.agreeing, "best_match": p.matches[0].path if p.matches else None}
+        for p in predictions
+    ]
+
+
+def format_predictions_table(predictions: Sequence[PhotoPrediction]) -> str:
+    header = ["query", "lat", "lon", "UTM", "score", "confidence", "agreeing"]
+    body = [[r["query"], f"{r['lat']:.6f}", f"{r['lon']:.6f}", f"{r['utm_east']:.1f} {r['utm_north']:.1f} {r['utm_zone']}",
+             f"{r['score']:.3f}", f"{r['confidence']:.3f}", str(r["agreeing"])] for r in prediction_rows(predictions)]
+    widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))) for line in [header] + body)
+
+
+def predictions_to_json(predictions: Sequence[PhotoPrediction], positive_dist: float = POSITIVE_DIST_M) -> dict:
+    return {"positive_dist_m": positive_dist, "predictions": [p.as_dict() for p in predictions]}
+
+
+def predictions_to_geojson(predictions: Sequence[PhotoPrediction], include_matches: bool = True) -> dict:
+    """RFC 7946 FeatureCollection: one Point per photo (``kind: "prediction"``) and, with
+    ``include_matches``, one per retrieved image (``kind: "match"``); coordinates are [lon, lat]."""
+    features = []
+    for p in predictions:
+        properties = {k: v for k, v in p.as_dict().items() if k not in ("matches", "lat", "lon")}
+        features.append(_point(p.lon, p.lat, {"kind": "prediction", **properties}))
+        if include_matches:
+            for m in p.matches:
+                features.append(_point(m.lon, m.lat, {"kind": "match", "query": p.query, **{k: v for k, v in asdict(m).items() if k not in ("lat", "lon")}}))
+    return {"type": "FeatureCollection", "features": features}
+
+
+def _point(lon: float, lat: float, properties: dict) -> dict:
+    return {"type": "Feature", "geometry": {"type": "Point", "coordinates": [lon, lat]}, "properties": properties}
+
+
+def write_predictions_json(predictions: Sequence[PhotoPrediction], path: str | os.PathLike) -> None:
+    write_json_atomic(path, predictions_to_json(predictions))
+
+
+def write_geojson(predictions: Sequence[PhotoPrediction], path: str | os.PathLike, include_matches: bool = True) -> None:
+    write_json_atomic(path, predictions_to_geojson(predictions, include_matches))
+
+
+def write_map(
+    predictions: Sequence[PhotoPrediction],
+    path: str | os.PathLike,
+    include_matches: bool = True,
+    confidence_levels: tuple[float, float] = (0.02, 0.05),
+    positive_dist: float = POSITIVE_DIST_M,
+) -> None:
+    """An interactive folium (Leaflet) HTML map: a marker per photo, red/orange/green for a
+    confidence below ``confidence_levels[0]`` / between / above ``confidence_levels[1]``, and
+    small circles for its matches (green within ``positive_dist`` of the prediction, grey otherwise)."""
+    import folium
+
+    if not predictions:
+        raise ConfigError(f"no prediction to draw in {path}: localize at least one photo")
+    centre = [float(np.mean([p.lat for p in predictions])), float(np.mean([p.lon for p in predictions]))]
+    fmap = folium.Map(location=centre, zoom_start=15, tiles="OpenStreetMap")
+    for p in predictions:
+        color = "red" if p.confidence < confidence_levels[0] else "orange" if p.confidence < confidence_levels[1] else "green"
+        popup = f"<b>{p.query}</b><br>{p.lat:.6f}, {p.lon:.6f}<br>score {p.score:.3f}, confidence {p.confidence:.3f}"
+        folium.Marker([p.lat, p.lon], popup=folium.Popup(popup, max_width=400), tooltip=p.query, icon=folium.Icon(color=color)).add_to(fmap)
+        if include_matches:
+            for m in p.matches[1:]:
+                near = m.distance_to_best_m <= positive_dist
+                folium.CircleMarker([m.lat, m.lon], radius=4, color="green" if near else "gray", fill=True,
+                                    tooltip=f"{p.query} #{m.rank}: {m.score:.3f}, {m.distance_to_best_m:.0f} m").add_to(fmap)
+    with atomic_path(path) as tmp:
+        fmap.save(os.fspath(tmp))
