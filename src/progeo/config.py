@@ -64,12 +64,12 @@ class PretrainConfig(RunConfig):
     """CLIP pretraining from scratch on a synthetic world's captions (``WORLD/captions.tsv``)."""
 
     world: str = ""  # synthetic world folder (captions.tsv, labels.csv, train/, val/, test/)
-    backbone: str = "tiny-vit"  # an open_clip architecture (tiny-vit, tiny-rn, ...), random init
+    backbone: str = "tiny-rn"  # an open_clip architecture (tiny-rn, tiny-vit, ...), random init
     out_dir: str = "runs/pretrain"
     image_size: int = 64
-    epochs: int = 12
-    batch_size: int = 256
-    lr: float = 1e-3
+    epochs: int = 4
+    batch_size: int = 128
+    lr: float = 3e-3
     weight_decay: float = 0.1
     warmup_steps: int = 50
     init_temperature: float = 0.07  # logit scale starts at 1/T and is learned (capped at 100)

@@ -35,16 +35,33 @@ def describe_paths(model, paths: Sequence[str], *, batch_size: int = 64, device:
     return out
 
 
+def describe_images(model, images: torch.Tensor, *, batch_size: int = 64, device: str | torch.device = "cpu",
+                    amp: bool = True, channels_last: bool | None = None) -> np.ndarray:
+    """Descriptors (N x D float32) of already decoded uint8 images (N x 3 x H x W at the model's size)."""
+    out = [model.describe(images[s : s + batch_size], device=device, amp=amp, channels_last=channels_last)
+           for s in range(0, len(images), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, model.descriptor_dim), dtype=np.float32)
+
+
 def evaluate(model, test_set, *, batch_size: int = 64, device: str | torch.device = "cpu", num_workers: int = 0,
              recall_values: Sequence[int] = DEFAULT_RECALL_VALUES, amp: bool = True,
-             channels_last: bool | None = None, progress: bool = True) -> RecallResult:
-    """Recall@N (percent) of ``model`` on ``test_set`` (a :class:`progeo.data.test_sets.TestSet`)."""
+             channels_last: bool | None = None, progress: bool = True,
+             images: torch.Tensor | None = None) -> RecallResult:
+    """Recall@N (percent) of ``model`` on ``test_set`` (a :class:`progeo.data.test_sets.TestSet`).
+
+    ``images``: the set's images already decoded (uint8, database then queries, at the model's
+    size), e.g. kept in memory by a training run that validates every epoch.
+    """
     from progeo.eval.search import IndexConfig, build_index, search
 
     was_training = model.training
-    descs = describe_paths(model, test_set.images_paths, batch_size=batch_size, device=device,
-                           num_workers=num_workers, amp=amp, channels_last=channels_last, progress=progress,
-                           desc=f"describing {test_set.root.name}/{test_set.queries_folder}")
+    if images is not None:
+        descs = describe_images(model, images, batch_size=batch_size, device=device, amp=amp,
+                                channels_last=channels_last)
+    else:
+        descs = describe_paths(model, test_set.images_paths, batch_size=batch_size, device=device,
+                               num_workers=num_workers, amp=amp, channels_last=channels_last, progress=progress,
+                               desc=f"describing {test_set.root.name}/{test_set.queries_folder}")
     model.train(was_training)
     database, queries = descs[: test_set.database_num], descs[test_set.database_num :]
     index = build_index(database, IndexConfig("flat"), progress=False)

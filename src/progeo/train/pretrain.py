@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from progeo.config import PretrainConfig
 from progeo.device import autocast, resolve_device
-from progeo.errors import DatasetError
+from progeo.errors import ConfigError, DatasetError
 from progeo.io import atomic_path
 from progeo.train.augment import AugmentConfig, BatchAugment
 from progeo.train.loop import check_finite, cosine_lr, seed_everything, set_lr, torch_generator
@@ -129,7 +129,7 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
     """Pretrain a tiny CLIP on ``cfg.world``; returns the checkpoint path and the zero-shot accuracies."""
     from open_clip.loss import ClipLoss
 
-    from progeo.models.backbones import load_clip, set_image_size
+    from progeo.models.backbones import image_size_of, load_clip, set_image_size
 
     cfg.check()
     if not cfg.world:
@@ -147,6 +147,10 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
     eval_paths, eval_labels, classes, folders = read_city_labels(world)
 
     clip = load_clip(cfg.backbone)
+    native = image_size_of(clip.visual)
+    if clip.family != "vit" and native != (cfg.image_size, cfg.image_size):
+        raise ConfigError(f"{clip.arch} pretrains at its native {native[0]} px (its saved attention pool must match "
+                          f"the architecture); use --image-size {native[0]} or a ViT backbone")
     set_image_size(clip.model.visual, cfg.image_size)
     model = clip.model.to(device)
     with torch.no_grad():

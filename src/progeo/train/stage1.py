@@ -117,8 +117,9 @@ def run_stage1(cfg: Stage1Config) -> Stage1Result:
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
             x, y = x_all[idx].float(), y_all[idx]
+            classes, inverse = torch.unique(y, return_inverse=True)  # each class's prompt encoded once
             with autocast(device, enabled=cfg.amp):
-                text = learner.text_features(text_encoder, y)
+                text = learner.text_features(text_encoder, classes)[inverse]
             loss = image_text_supcon(x, text.float(), y, tau=cfg.temperature, normalize=cfg.normalize_features)
             value = check_finite(loss, where=f"stage 1 epoch {epoch} batch {batches}")
             optimizer.zero_grad(set_to_none=True)

@@ -96,6 +96,9 @@ def _run(cfg: Stage2Config, info: ddp.DistInfo, device: torch.device, t0: float)
     except _Stop:
         stopped = True
         log.warning("stop_after=%d reached: stopping as if the run had been killed", cfg.stop_after)
+    except BaseException:
+        run.close()
+        raise
     result = Stage2Result(run.path, run.path / BEST_NAME if state.best_epoch >= 0 else None,
                           run.path / LAST_NAME if state.epoch > 0 else None, state.best_r1, state.best_epoch,
                           state.history, epochs_done=state.epoch, iterations_done=state.session_iterations,
@@ -185,7 +188,7 @@ def _end_of_epoch(cfg, parts: Stage2Parts, state: _State, run: RunDir, info, dev
     row = {"epoch": epoch, "group": epoch % cfg.groups_num, **{f"train_{k}": v for k, v in means.items()}}
     recalls: dict = {}
     if info.is_main:
-        recalls = evaluate_model(parts.model, parts.val_set, cfg, device)
+        recalls = evaluate_model(parts.model, parts.val_set, cfg, device, parts.val_images)
     r1 = ddp.broadcast_float(float(recalls.get("R@1", -1.0)), info, device)
     state.epoch, state.iteration = epoch + 1, 0
     row.update({f"val_{k}": v for k, v in recalls.items() if k.startswith("R@")})

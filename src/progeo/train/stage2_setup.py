@@ -29,6 +29,7 @@ class Stage2Parts:
     text_features: list[torch.Tensor]  # per group, n_classes x D on the CPU (empty without text loss)
     augment: BatchAugment
     val_set: object
+    val_images: torch.Tensor | None = None  # the val set decoded once (uint8), when it is small
 
 
 def build_parts(cfg: Stage2Config, device: torch.device, info) -> Stage2Parts:
@@ -69,10 +70,14 @@ def build_parts(cfg: Stage2Config, device: torch.device, info) -> Stage2Parts:
         out_size=model.image_size, mean=pre.mean, std=pre.std, brightness=cfg.brightness, contrast=cfg.contrast,
         saturation=cfg.saturation, hue=cfg.hue, crop_scale=tuple(cfg.crop_scale)))
     source = _image_source(cfg, train_set, groups)
+    val_images = None
+    if info.is_main and preload_bytes(len(val_set), cfg.image_size) <= cfg.preload_max_gib * 2**30 / 4:
+        val_images = PreloadedImages(val_set.images_paths, cfg.image_size, np.arange(len(val_set)),
+                                     num_workers=cfg.num_workers, progress=cfg.progress).pixels
     log.info("stage 2: %s, %d-d descriptors, %d trainable tensors, groups %s, text loss %s, %d process(es)",
              clip.arch, model.descriptor_dim, len(trainable), [len(g) for g in groups], cfg.text_loss, info.world_size)
     return Stage2Parts(groups, source, model, optimizer, classifiers, classifier_optimizers, text_features,
-                       augment, val_set)
+                       augment, val_set, val_images)
 
 
 def _image_source(cfg: Stage2Config, train_set, groups) -> ImageSource:
@@ -112,10 +117,11 @@ def _text_features(cfg: Stage2Config, clip, groups, device: torch.device) -> lis
     return out
 
 
-def evaluate_model(model, test_set, cfg: Stage2Config, device: torch.device) -> dict:
+def evaluate_model(model, test_set, cfg: Stage2Config, device: torch.device, images: torch.Tensor | None = None) -> dict:
     """Recall@N of ``model`` on ``test_set`` as a JSON-ready dict (``{"R@1": ..., ...}``)."""
     from progeo.eval.evaluate import evaluate
 
     result = evaluate(model, test_set, batch_size=cfg.eval_batch_size, device=device, num_workers=cfg.num_workers,
-                      recall_values=cfg.recall_values, amp=cfg.amp, channels_last=False, progress=cfg.progress)
+                      recall_values=cfg.recall_values, amp=cfg.amp, channels_last=False, progress=cfg.progress,
+                      images=images)
     return result.as_dict()
