@@ -3,13 +3,13 @@ import logging
 import numpy as np
 import pytest
 
+from progeo.data.test_sets import positives_within
 from progeo.errors import ConfigError
 from progeo.eval.recall import (
     RecallResult,
     compute_recalls,
     compute_recalls_from_positives,
     format_recall_table,
-    positives_csr,
     prediction_distances,
     queries_without_positives,
 )
@@ -45,8 +45,9 @@ def test_distances_and_missing_predictions():
     assert queries_without_positives(QUERIES_UTM, DATABASE_UTM, positive_dist=3.0) == 3  # only q0 (0 m) left
 
 
-def test_positives_csr_hand_example():
-    indptr, indices = positives_csr(QUERIES_UTM, DATABASE_UTM)
+def test_positives_within_hand_example():
+    positives = positives_within(QUERIES_UTM, DATABASE_UTM, 25.0)  # the data layer's KD-tree positives
+    indptr, indices = positives.indptr, positives.indices
     assert indptr.tolist() == [0, 2, 3, 3, 5]
     assert indices.tolist() == [0, 1, 2, 1, 3]
     result = compute_recalls_from_positives(PREDICTIONS, indptr, indices, recall_values=(1, 2, 3))
@@ -58,7 +59,7 @@ def test_csr_variant_agrees_with_utm_variant():
     database_utm = rng.uniform(0, 400, size=(500, 2))
     queries_utm = rng.uniform(-50, 450, size=(120, 2))
     predictions = rng.integers(0, 500, size=(120, 20))
-    # brute-force positives, independent of positives_csr
+    # brute-force positives, independent of positives_within
     dist = np.linalg.norm(queries_utm[:, None] - database_utm[None], axis=2)
     rows, cols = np.nonzero(dist <= 25.0)
     indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=120))])
@@ -67,7 +68,8 @@ def test_csr_variant_agrees_with_utm_variant():
     assert by_utm.recalls == pytest.approx(by_csr.recalls)
     assert by_utm.queries_without_positives == by_csr.queries_without_positives > 0
     assert 0 < by_utm.recalls[1] < by_utm.recalls[20] < 100
-    tree_indptr, tree_indices = positives_csr(queries_utm, database_utm)
+    tree = positives_within(queries_utm, database_utm, 25.0)
+    tree_indptr, tree_indices = tree.indptr, tree.indices
     assert np.array_equal(tree_indptr, indptr) and np.array_equal(tree_indices, cols)
 
 

@@ -129,7 +129,8 @@ def compute_recalls_from_positives(
 ) -> RecallResult:
     """Recall@N when each query's positives are given explicitly in CSR form.
 
-    The positives of query ``q`` are ``positives_indices[positives_indptr[q]:positives_indptr[q+1]]``.
+    The positives of query ``q`` are ``positives_indices[positives_indptr[q]:positives_indptr[q+1]]``,
+    e.g. from :func:`progeo.data.test_sets.positives_within` (or ``TestSet.positives_csr``).
     Membership is tested for all (query, prediction) pairs at once with ``np.isin`` on
     ``query * D + database_id`` keys.
     """
@@ -152,21 +153,6 @@ def compute_recalls_from_positives(
         queries_num=queries_num,
         queries_without_positives=int(np.sum(counts == 0)),
     )
-
-
-def positives_csr(
-    queries_utm: np.ndarray, database_utm: np.ndarray, positive_dist: float = POSITIVE_DIST_M
-) -> tuple[np.ndarray, np.ndarray]:
-    """All database images within ``positive_dist`` of each query, as CSR ``(indptr, indices)``
-    (indices sorted within each query). Uses KD-trees; memory grows with the number of pairs."""
-    queries_utm = _check_utm(queries_utm, "queries_utm")
-    database_utm = _check_utm(database_utm, "database_utm")
-    pairs = cKDTree(queries_utm).sparse_distance_matrix(cKDTree(database_utm), positive_dist, output_type="ndarray")
-    order = np.lexsort((pairs["j"], pairs["i"]))
-    rows, cols = pairs["i"][order].astype(np.int64), pairs["j"][order].astype(np.int64)
-    indptr = np.zeros(len(queries_utm) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=len(queries_utm)), out=indptr[1:])
-    return indptr, cols
 
 
 def format_recall_table(rows: Mapping[str, RecallResult] | Sequence[tuple[str, RecallResult]], title: str = "") -> str:
