@@ -11,4 +11,8 @@ def __getattr__(name):
         import progeo.models
 
         return getattr(progeo.models, name)
+    if name == "Localizer":  # localizing new photos against an index folder
+        from progeo.eval.localizer import Localizer
+
+        return Localizer
     raise AttributeError(f"module 'progeo' has no attribute {name!r}")

@@ -1,0 +1,215 @@
+"""``progeo eval``, ``progeo index build`` and ``progeo localize``: the benchmark protocol and
+localizing new photos (SPEC 1.1)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+_MODEL_HELP = ("a saved progeo model (folder or .safetensors file), or a backbone name for a not-trained, zero-shot "
+               "baseline: RN50:openai, ViT-B/16:openai (weights from the open_clip cache when offline), tiny-vit...")
+
+
+def _decoding(p: argparse.ArgumentParser, batch_size: int = 64) -> None:
+    g = p.add_argument_group("decoding and device")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=batch_size, help="images per batch (default: %(default)s)")
+    g.add_argument("--num-workers", type=int, default=None,
+                   help="image decoding processes (default: the usable cores, at most 8; 0: in the main process)")
+    g.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail",
+                   help="a truncated or unreadable image stops the run naming the file (fail, default) or is left "
+                        "out and counted (skip: out of the database / a miss for a query)")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads of torch and faiss (default: theirs)")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def _resize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resize", type=int, nargs="+", default=None, metavar="PX",
+                   help="input size: H W, or one number for a square (default: the model's image size)")
+    p.add_argument("--resize-mode", choices=("resize", "center-crop"), default="resize",
+                   help="resize: stretch to the size, the VG test transform (default); center-crop: keep the aspect")
+
+
+def register(subparsers) -> None:
+    from progeo.eval.search import INDEX_KINDS
+
+    p = subparsers.add_parser(
+        "eval", help="recall@N on VG test sets (database + query folders)",
+        description="The benchmark protocol: descriptors of the database (once per test set) and of every chosen "
+                    "query folder in batches, a faiss search, recall@N (a query is right at N when one of its top N "
+                    "lies within --positive-dist metres). Prints a table; writes OUT/results.json and, if asked, "
+                    "prediction grids and a recall plot. Use --save-descriptors to keep the descriptors and "
+                    "--descriptors to evaluate saved ones without the model.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", metavar="M", help=_MODEL_HELP)
+    src.add_argument("--descriptors", metavar="DIR",
+                     help="evaluate descriptors saved by --save-descriptors (DIR or one of its dataset folders)")
+    p.add_argument("--test-set", nargs="+", default=[], metavar="DIR",
+                   help="test set folders, each with database/ and queries*/ (with --descriptors: picks saved sets)")
+    p.add_argument("--queries", nargs="+", default=None, metavar="NAME",
+                   help="query folders: names (queries queries_night ...) or 'all' (default: queries, or the only one)")
+    p.add_argument("--positive-dist", type=float, default=25.0, help="metres (default: %(default)s)")
+    p.add_argument("--recall-values", type=int, nargs="+", default=[1, 5, 10, 20], help="N of recall@N")
+    _resize(p)
+    p.add_argument("--index", choices=INDEX_KINDS, default="flat", help="faiss index kind (default: exact flat)")
+    p.add_argument("--query-batch-size", type=int, default=None,
+                   help="queries per batch (default: --batch-size; 1: the one-query-at-a-time baseline)")
+    p.add_argument("--save-descriptors", metavar="DIR", default=None,
+                   help="keep float16 descriptors with their paths in DIR/<dataset>/<database|query folder>/")
+    p.add_argument("--out", default="progeo_eval", metavar="DIR", help="results folder (default: %(default)s)")
+    p.add_argument("--grids", type=int, default=0, metavar="N", help="draw N queries with their top-5 per query folder")
+    p.add_argument("--only-wrong", action="store_true", help="grids: only queries whose top-1 is wrong")
+    p.add_argument("--plot", action="store_true", help="plot recall@N per query folder to OUT/recalls.png")
+    _decoding(p)
+    p.set_defaults(func=_eval)
+
+    p = subparsers.add_parser("index", help="build a localization index of a geo-tagged database",
+                              description="Localization indexes: descriptors, faiss index, coordinates and model.")
+    sub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
+    b = sub.add_parser(
+        "build", help="describe a database folder and write an index folder",
+        description="Describe every image of --database (named @UTM_east@UTM_north@zone@letter@lat@lon@...@.jpg) and "
+                    "write INDEX_DIR: float16 descriptors, a faiss index (saved atomically, loaded memory-mapped), "
+                    "the coordinates of every image and the model (a copy, with its reference and config).")
+    b.add_argument("--model", required=True, metavar="M", help=_MODEL_HELP)
+    b.add_argument("--database", required=True, metavar="DIR", help="folder of geo-tagged images")
+    b.add_argument("--out", required=True, metavar="INDEX_DIR", help="index folder to write")
+    b.add_argument("--index", choices=INDEX_KINDS, default="flat",
+                   help="faiss index kind (default: flat; ivfpq for millions of images)")
+    _resize(b)
+    _decoding(b)
+    b.set_defaults(func=_index_build)
+
+    p = subparsers.add_parser(
+        "localize", help="predict where photos were taken from an index",
+        description="For each photo: the position of its best match (lat/lon and UTM), a confidence (the similarity "
+                    "gap to the best match of another place) and the top-k matches with their distances to the best.")
+    p.add_argument("photos", nargs="+", metavar="PHOTO", help="image files or folders of images")
+    p.add_argument("--index", required=True, metavar="INDEX_DIR", help="a folder written by `progeo index build`")
+    p.add_argument("--top-k", type=int, default=5, help="matches per photo (default: %(default)s)")
+    p.add_argument("--json", metavar="FILE", help="write the predictions as JSON")
+    p.add_argument("--geojson", metavar="FILE", help="write predictions and matches as GeoJSON")
+    p.add_argument("--map", metavar="FILE.html", help="write an interactive map (folium)")
+    p.add_argument("--grid", metavar="FILE.jpg", help="write each photo with its matches")
+    _decoding(p, batch_size=32)
+    p.set_defaults(func=_localize)
+
+
+def _setup(args) -> str:
+    """Threads, and the device as a string; returns the device."""
+    from progeo.device import resolve_device
+
+    if args.threads is not None:
+        import faiss
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
+        faiss.omp_set_num_threads(max(1, args.threads))
+    return str(resolve_device(args.device))
+
+
+def _workers(args) -> int:
+    if args.num_workers is not None:
+        return args.num_workers
+    return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def _size(args):
+    from progeo.errors import ConfigError
+
+    if args.resize is None:
+        return None
+    if len(args.resize) not in (1, 2) or min(args.resize) < 1:
+        raise ConfigError(f"--resize {' '.join(map(str, args.resize))}: give H W or one positive size")
+    return (args.resize[0], args.resize[-1])
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from progeo.errors import ConfigError
+    from progeo.eval.evaluate import EvalConfig, evaluate_saved, evaluate_test_set, load_model_or_backbone, open_test_sets
+    from progeo.eval.results import dataset_names, format_results_table, write_results
+    from progeo.eval.search import IndexConfig
+
+    device = _setup(args)
+    cfg = EvalConfig(positive_dist=args.positive_dist, recall_values=tuple(args.recall_values), batch_size=args.batch_size,
+                     query_batch_size=args.query_batch_size, num_workers=_workers(args), device=device,
+                     image_size=_size(args), resize_mode=args.resize_mode, on_bad_image=args.on_bad_image,
+                     index=IndexConfig(kind=args.index), k=max([*args.recall_values, 5 if args.grids else 1]),
+                     progress=args.progress)
+    queries = args.queries or [None]
+    results = []
+    if args.descriptors:
+        root = Path(args.descriptors)
+        folders = [root] if (root / "database").is_dir() else sorted(p for p in root.iterdir() if (p / "database").is_dir())
+        if args.test_set and folders != [root]:
+            folders = [root / n.replace("/", "__") for n in dataset_names(args.test_set).values()]
+            missing = [f.name for f in folders if not (f / "database").is_dir()]
+            if missing:
+                raise ConfigError(f"--descriptors {root} has no saved descriptors for {', '.join(missing)}: "
+                                  f"save them with `progeo eval --model M --test-set ... --save-descriptors {root}`")
+        if not folders:
+            raise ConfigError(f"--descriptors {root}: no saved descriptors (a database/ folder) there; "
+                              "save them with `progeo eval --model M --test-set DIR --save-descriptors DIR`")
+        for folder in folders:
+            results += evaluate_saved(folder, queries, cfg)
+        model_name = results[0].queries.model
+    else:
+        if not args.test_set:
+            raise ConfigError("--test-set DIR is needed with --model (a folder with database/ and queries*/)")
+        model = load_model_or_backbone(args.model, device, cfg.image_size)
+        model_name = args.model
+        names = dataset_names(args.test_set)
+        for root in args.test_set:
+            save = Path(args.save_descriptors) / names[str(root)].replace("/", "__") if args.save_descriptors else None
+            results += evaluate_test_set(model, open_test_sets(root, queries, args.positive_dist), cfg,
+                                         model_name=model_name, save_dir=save)
+    print(format_results_table(results, title=f"{model_name} ({args.index} index, positives within {args.positive_dist:g} m)"))
+    run = {"model": model_name, "index": args.index, "positive_dist_m": args.positive_dist,
+           "query_batch_size": args.query_batch_size or args.batch_size, "device": device}
+    written = write_results(results, args.out, run=run, grids=args.grids, only_wrong=args.only_wrong, plot=args.plot,
+                            positive_dist=args.positive_dist)
+    print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+def _index_build(args: argparse.Namespace) -> int:
+    from progeo.eval.evaluate import load_model_or_backbone
+    from progeo.eval.localizer import build_index_folder
+    from progeo.eval.search import IndexConfig
+
+    device = _setup(args)
+    model = load_model_or_backbone(args.model, device, _size(args))
+    s = build_index_folder(model, args.database, args.out, index=IndexConfig(kind=args.index), model_ref=args.model,
+                           batch_size=args.batch_size, device=device, num_workers=_workers(args),
+                           on_bad_image=args.on_bad_image, image_size=_size(args), resize_mode=args.resize_mode,
+                           progress=args.progress)
+    rate = s.count / max(s.seconds["describe"], 1e-9)
+    print(f"indexed {s.count:,d} images ({args.index}) in {s.seconds['describe'] + s.seconds['index']:.1f} s "
+          f"({rate:.0f} images/s described) -> {s.path}")
+    if s.skipped_paths:
+        print(f"skipped {len(s.skipped_paths)} unreadable image(s), e.g. {s.skipped_paths[0]}")
+    return 0
+
+
+def _localize(args: argparse.Namespace) -> int:
+    from progeo.eval.localize_core import format_predictions_table, write_geojson, write_map, write_predictions_json
+    from progeo.eval.localizer import Localizer, expand_photo_paths, save_match_grid
+
+    device = _setup(args)
+    localizer = Localizer.from_index(args.index, device=device, batch_size=args.batch_size,
+                                     num_workers=_workers(args), on_bad_image=args.on_bad_image, progress=args.progress)
+    predictions = localizer.localize_files(expand_photo_paths(args.photos), top_k=args.top_k)
+    if predictions:
+        print(format_predictions_table(predictions))
+    if localizer.skipped_paths:
+        print(f"skipped {len(localizer.skipped_paths)} unreadable photo(s): " + ", ".join(localizer.skipped_paths[:5]))
+    for path, write in ((args.json, write_predictions_json), (args.geojson, write_geojson), (args.map, write_map)):
+        if path:
+            write(predictions, path)
+            print(f"wrote {path}")
+    if args.grid:
+        save_match_grid(predictions, args.grid, top_k=args.top_k)
+        print(f"wrote {args.grid}")
+    return 0
