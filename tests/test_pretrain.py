@@ -15,7 +15,7 @@ def test_pretraining_beats_chance_and_saves_loadable_weights(tiny_world, tmp_pat
     from progeo.models.backbones import load_clip
     from progeo.train.pretrain import run_pretrain
 
-    cfg = PretrainConfig(world=str(tiny_world), backbone="tiny-rn", out_dir=str(tmp_path / "pretrain"), epochs=5,
+    cfg = PretrainConfig(world=str(tiny_world), backbone="tiny-rn", out_dir=str(tmp_path / "pretrain"), epochs=3,
                          batch_size=64, lr=3e-3, device="cpu", progress=False, tensorboard=False)
     result = run_pretrain(cfg)
     assert result.chance == pytest.approx(100 / 3)  # the tiny world has 3 cities

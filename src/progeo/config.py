@@ -116,7 +116,7 @@ class Stage1Config(GroupsFields, ModelFields, RunConfig):
     template: str = "A photo of a X X X X street."
     temperature: float = 1.0  # SupCon tau; the authors use raw features with tau = 1
     normalize_features: bool = False  # L2-normalise both sides before SupCon (then lower tau)
-    image_size: int | None = 224  # feature extraction size (None: the backbone's native size)
+    image_size: int | None = None  # feature extraction size (None: the backbone's native size, 224 for the paper's)
     feature_cache_dir: str | None = None  # default: ~/.cache/progeo/features
     feature_batch_size: int = 128
 

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from progeo.config import PretrainConfig
@@ -94,20 +93,23 @@ def read_city_labels(world: Path) -> tuple[list[str], np.ndarray, list[tuple[str
 
 def zeroshot_accuracy(model, tokenizer, images: torch.Tensor, labels: np.ndarray, classes, template: str,
                       mean, std, device, batch_size: int = 256) -> np.ndarray:
-    """Per-image correctness (bool array) of zero-shot classification into ``classes``."""
+    """Per-image correctness (bool array) of zero-shot classification into ``classes``, by GEM's zero-shot
+    rule (:mod:`progeo.geo.zeroshot`: prompt-ensembled class texts, cosine similarity, best class)."""
+    from progeo.geo.zeroshot import ensemble_text_features, zeroshot_scores
+
     model.eval()
     texts = [template.format(city=c, country=k) for c, k in classes]
     with torch.no_grad():
-        t = F.normalize(model.encode_text(tokenizer(texts).to(device)).float(), dim=-1)
-        preds = []
+        t = model.encode_text(tokenizer(texts).to(device)).float().cpu().numpy()
+        feats = []
         for start in range(0, len(images), batch_size):
             x = images[start : start + batch_size].to(device).float() / 255.0
             x = (x - torch.tensor(mean, device=device).view(1, 3, 1, 1)) / torch.tensor(std, device=device).view(1, 3, 1, 1)
             with autocast(device):
-                f = model.encode_image(x).float()
-            preds.append((F.normalize(f, dim=-1) @ t.t()).argmax(1).cpu())
+                feats.append(model.encode_image(x).float().cpu())
     model.train()
-    return torch.cat(preds).numpy() == labels
+    scores = zeroshot_scores(torch.cat(feats).numpy(), ensemble_text_features(t[:, None, :]))
+    return scores.argmax(1) == labels
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -132,6 +134,10 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
     from progeo.models.backbones import image_size_of, load_clip, set_image_size
 
     cfg.check()
+    from progeo.train.ddp import launched_by_torchrun
+
+    if launched_by_torchrun():
+        raise ConfigError("pretraining runs in one process; start it without torchrun (only stage 2 is distributed)")
     if not cfg.world:
         raise DatasetError("pretraining needs a synthetic world folder: --world DIR (make one with `progeo synth`)")
     t0 = time.perf_counter()

@@ -76,6 +76,10 @@ def run_stage1(cfg: Stage1Config) -> Stage1Result:
     from progeo.train.features import weights_fingerprint
 
     cfg.check()
+    from progeo.train.ddp import launched_by_torchrun
+
+    if launched_by_torchrun():
+        raise ConfigError("stage 1 runs in one process; start it without torchrun (only stage 2 is distributed)")
     if not cfg.train_set:
         raise ConfigError("stage 1 needs a training folder: --train-set FOLDER (train_set in a config file)")
     t0 = time.perf_counter()
