@@ -107,6 +107,7 @@ def test_cli_errors(tiny_world, model_dir, tmp_path, capsys):
         (["eval", "--model", model_dir, "--test-set", test_set, "--queries", "queries_v9"], "choose one of"),
         (["eval", "--model", str(tmp_path / "nothing"), "--test-set", test_set], "no saved model"),
         (["eval", "--model", model_dir, "--test-set", test_set, "--resize", "96"], "drop --resize"),
+        (["eval", "--model", model_dir, "--test-set", test_set, "--index", "ivfpq"], "use --index flat or hnsw"),
         (["eval", "--descriptors", str(tmp_path)], "no saved descriptors"),
         (["localize", test_set, "--index", str(tmp_path)], "not a complete index folder"),
     ]

@@ -10,6 +10,11 @@ _MODEL_HELP = ("a saved progeo model (folder or .safetensors file), or a backbon
                "baseline: RN50:openai, ViT-B/16:openai (weights from the open_clip cache when offline), tiny-vit...")
 
 
+def _weights(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help="local CLIP weights for a backbone --model (e.g. RN50.pt downloaded elsewhere)")
+
+
 def _decoding(p: argparse.ArgumentParser, batch_size: int = 64) -> None:
     g = p.add_argument_group("decoding and device")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: %(default)s)")
@@ -44,6 +49,7 @@ def register(subparsers) -> None:
     src.add_argument("--model", metavar="M", help=_MODEL_HELP)
     src.add_argument("--descriptors", metavar="DIR",
                      help="evaluate descriptors saved by --save-descriptors (DIR or one of its dataset folders)")
+    _weights(p)
     p.add_argument("--test-set", nargs="+", default=[], metavar="DIR",
                    help="test set folders, each with database/ and queries*/ (with --descriptors: picks saved sets)")
     p.add_argument("--queries", nargs="+", default=None, metavar="NAME",
@@ -72,6 +78,7 @@ def register(subparsers) -> None:
                     "write INDEX_DIR: float16 descriptors, a faiss index (saved atomically, loaded memory-mapped), "
                     "the coordinates of every image and the model (a copy, with its reference and config).")
     b.add_argument("--model", required=True, metavar="M", help=_MODEL_HELP)
+    _weights(b)
     b.add_argument("--database", required=True, metavar="DIR", help="folder of geo-tagged images")
     b.add_argument("--out", required=True, metavar="INDEX_DIR", help="index folder to write")
     b.add_argument("--index", choices=INDEX_KINDS, default="flat",
@@ -158,7 +165,7 @@ def _eval(args: argparse.Namespace) -> int:
     else:
         if not args.test_set:
             raise ConfigError("--test-set DIR is needed with --model (a folder with database/ and queries*/)")
-        model = load_model_or_backbone(args.model, device, cfg.image_size)
+        model = load_model_or_backbone(args.model, device, cfg.image_size, args.weights)
         model_name = args.model
         names = dataset_names(args.test_set)
         for root in args.test_set:
@@ -180,7 +187,7 @@ def _index_build(args: argparse.Namespace) -> int:
     from progeo.eval.search import IndexConfig
 
     device = _setup(args)
-    model = load_model_or_backbone(args.model, device, _size(args))
+    model = load_model_or_backbone(args.model, device, _size(args), args.weights)
     s = build_index_folder(model, args.database, args.out, index=IndexConfig(kind=args.index), model_ref=args.model,
                            batch_size=args.batch_size, device=device, num_workers=_workers(args),
                            on_bad_image=args.on_bad_image, image_size=_size(args), resize_mode=args.resize_mode,

@@ -21,7 +21,6 @@ metadata (``extra``) so that the later evaluation counts them the same way.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -105,13 +104,18 @@ class FolderResult:
         }
 
 
-def build_database_index(database: Described, cfg: EvalConfig):
-    """The faiss index of the readable database images (ids = rows of ``database.descriptors``)."""
+def build_database_index(descriptors: np.ndarray, config: IndexConfig, progress: bool = True):
+    """The faiss index of the readable database images (ids = rows of ``descriptors``); faiss's
+    own training errors (too few vectors for ``ivfpq``) become a :class:`ConfigError`."""
     from progeo.eval.search import build_index
 
-    if not len(database.rows):
+    if not len(descriptors):
         raise DatasetError("no readable database image: nothing to search (check the database folder)")
-    return build_index(database.descriptors, cfg.index, progress=cfg.progress)
+    try:
+        return build_index(descriptors, config, progress=progress)
+    except RuntimeError as exc:
+        raise ConfigError(f"cannot build the {config.kind} index of {len(descriptors)} database vectors "
+                          f"({str(exc).splitlines()[-1].strip()}); use --index flat or hnsw for a small database") from exc
 
 
 def evaluate_queries(index, database: Described, queries: Described, cfg: EvalConfig, *, dataset: str = "",
@@ -138,11 +142,12 @@ def evaluate_queries(index, database: Described, queries: Described, cfg: EvalCo
     return FolderResult(dataset, queries_folder, recall, predictions, scores, database, queries, seconds)
 
 
-def load_model_or_backbone(spec: str, device: str | torch.device = "cpu", image_size=None):
+def load_model_or_backbone(spec: str, device: str | torch.device = "cpu", image_size=None, weights=None):
     """A saved model (folder or ``.safetensors`` file), or for a backbone name (``RN50:openai``,
     ``ViT-B/16:openai``, ``tiny-vit``) a new, not trained model: the zero-shot baseline.
 
-    ``image_size`` (height, width): the input size; a saved ViT keeps its own.
+    ``image_size`` (height, width): the input size; a saved ViT keeps its own. ``weights``: a
+    local CLIP weights file for a backbone name (offline use).
     """
     from progeo.models import build_model, load_model
 
@@ -153,7 +158,7 @@ def load_model_or_backbone(spec: str, device: str | torch.device = "cpu", image_
             raise ConfigError(f"{spec} is a ViT model of {model.image_size[0]}x{model.image_size[1]} px: it cannot "
                               f"take {image_size[0]}x{image_size[1]} images; drop --resize")
         return model
-    return build_model(spec, image_size=tuple(image_size) if image_size else None, device=device).eval()
+    return build_model(spec, image_size=tuple(image_size) if image_size else None, weights=weights, device=device).eval()
 
 
 def open_test_sets(root: str | os.PathLike, queries_folders: Sequence[str | None] = (None,),
@@ -195,7 +200,7 @@ def evaluate_test_set(model, test_sets: Sequence, cfg: EvalConfig = EvalConfig()
     try:
         database = describe(first.database_paths, first.database_utms, DATABASE_SPLIT, cfg.batch_size)
         start = time.perf_counter()
-        index = build_database_index(database, cfg)
+        index = build_database_index(database.descriptors, cfg.index, cfg.progress)
         index_seconds = time.perf_counter() - start
         results = []
         for test_set in test_sets:
@@ -223,7 +228,7 @@ def evaluate_saved(folder: str | os.PathLike, queries_folders: Sequence[str | No
     meta = load_descriptors(folder / DATABASE_SPLIT).meta
     database = load_described(folder / DATABASE_SPLIT)
     start = time.perf_counter()
-    index = build_database_index(database, cfg)
+    index = build_database_index(database.descriptors, cfg.index, cfg.progress)
     index_seconds = time.perf_counter() - start
     names = [n for q in (queries_folders or (None,))
              for n in (list_query_folders(folder) if q == "all" else [select_query_folder(folder, q)])]
@@ -261,5 +266,5 @@ def evaluate(model, test_set, *, batch_size: int = 64, device: str | torch.devic
     n = test_set.database_num
     database = Described(descs[:n], np.arange(n), test_set.database_paths, test_set.database_utms)
     queries = Described(descs[n:], np.arange(len(descs) - n), test_set.queries_paths, test_set.queries_utms)
-    index = build_database_index(database, dataclasses.replace(cfg, progress=False))
+    index = build_database_index(database.descriptors, cfg.index, progress=False)
     return evaluate_queries(index, database, queries, cfg, positives=test_set.positives).recall

@@ -91,7 +91,8 @@ def build_index_folder(model, database: str | os.PathLike, out: str | os.PathLik
     """Describe every image of the ``database`` folder and write an index folder to ``out``."""
     from progeo.data.image_lists import read_image_list
     from progeo.eval.descriptors_io import DescriptorsMeta
-    from progeo.eval.search import build_index, save_index
+    from progeo.eval.evaluate import build_database_index
+    from progeo.eval.search import save_index
     from progeo.models.geolocalizer import GeoLocalizer
 
     out = Path(out)
@@ -114,7 +115,7 @@ def build_index_folder(model, database: str | os.PathLike, out: str | os.PathLik
                                coords.lat[rows], coords.lon[rows])
     _save_coordinates(kept, out / COORDINATES_FILE)
     start = time.perf_counter()
-    faiss_index = build_index(described.descriptors, index, progress=progress)
+    faiss_index = build_database_index(described.descriptors, index, progress)
     save_index(faiss_index, out / INDEX_FILE, index)
     index_seconds = time.perf_counter() - start
     saved_copy = isinstance(model, GeoLocalizer)
