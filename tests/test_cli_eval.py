@@ -40,19 +40,21 @@ def _recalls(out) -> dict:
 
 
 def test_eval_saved_descriptors_and_one_by_one_give_the_same_recalls(tiny_world, model_dir, tmp_path, capsys):
-    test_set = str(tiny_world / "test")
+    test_set, val_set = str(tiny_world / "test"), str(tiny_world / "val")
     saved, out = tmp_path / "saved", tmp_path / "out"
-    assert main(["eval", "--model", model_dir, "--test-set", test_set, "--queries", "all", "--out", str(out),
-                 "--grids", "3", "--plot", "--save-descriptors", str(saved), *FAST]) == 0
+    assert main(["eval", "--model", model_dir, "--test-set", test_set, val_set, "--queries", "all", "--out", str(out),
+                 "--grids", "3", "--only-wrong", "--plot", "--save-descriptors", str(saved), *FAST]) == 0
     table = capsys.readouterr().out
     assert all(f"test/{q} " in table for q in ("queries", "queries_night", "queries_occlusion")) and "R@20" in table
     results = _results(out)
-    assert [r["queries_folder"] for r in results] == ["queries", "queries_night", "queries_occlusion"]
+    assert [(r["dataset"], r["queries_folder"]) for r in results] == [
+        (test_set, "queries"), (test_set, "queries_night"), (test_set, "queries_occlusion"), (val_set, "queries")]
     first = results[0]
-    assert first["model"] == model_dir and first["dataset"] == test_set and first["image_size"] == [64, 64]
+    assert first["model"] == model_dir and first["image_size"] == [64, 64]
     assert (first["database_num"], first["queries_num"], first["database_skipped"]) == (192, 30, 0)
+    assert results[3]["database_num"] == 144 and results[3]["name"] == "tiny_world/val/queries"
     assert set(first["recalls"]) == {"R@1", "R@5", "R@10", "R@20"}
-    assert len(list((out / "grids").glob("*.jpg"))) == 3 and (out / "recalls.png").stat().st_size > 1000
+    assert len(list((out / "grids").glob("*.jpg"))) == 4 and (out / "recalls.png").stat().st_size > 1000
     assert (saved / "tiny_world__test" / "database" / "meta.json").is_file()  # DIR/<dataset>/<folder>
 
     assert main(["eval", "--descriptors", str(saved), "--queries", "all", "--out", str(tmp_path / "again"), *FAST]) == 0
