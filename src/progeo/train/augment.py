@@ -79,15 +79,15 @@ def slice_params(params: dict[str, torch.Tensor], part: slice) -> dict[str, torc
 def crop_resize(images: torch.Tensor, box: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
     """Crop ``box`` (x0, y0, w, h in pixels, per image) out of float images and resize (bilinear)."""
     b, _, h, w = images.shape
-    box = box.to(images.device, torch.float32)
-    x0, y0, cw, ch = box.unbind(1)
-    theta = torch.zeros(b, 2, 3, device=images.device, dtype=torch.float32)
-    theta[:, 0, 0] = cw / w
-    theta[:, 1, 1] = ch / h
-    theta[:, 0, 2] = (2 * x0 + cw) / w - 1
-    theta[:, 1, 2] = (2 * y0 + ch) / h - 1
-    grid = F.affine_grid(theta, [b, 3, out_size[0], out_size[1]], align_corners=False)
-    return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+    box = box.to(images.device, images.dtype)
+    x0, y0, cw, ch = (v.view(b, 1, 1) for v in box.unbind(1))
+    oh, ow = out_size
+    # output pixel centres in [-1, 1] (align_corners=False), mapped into the box: an axis-aligned affine grid
+    xs = ((torch.arange(ow, device=images.device, dtype=images.dtype) + 0.5) / ow).view(1, 1, ow)
+    ys = ((torch.arange(oh, device=images.device, dtype=images.dtype) + 0.5) / oh).view(1, oh, 1)
+    gx = (2 * (x0 + xs * cw) / w - 1).expand(b, oh, ow)
+    gy = (2 * (y0 + ys * ch) / h - 1).expand(b, oh, ow)
+    return F.grid_sample(images, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -99,33 +99,33 @@ def _per_image(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return v.to(x.device, x.dtype).view(-1, 1, 1, 1)
 
 
+def _frac(x: torch.Tensor) -> torch.Tensor:
+    return x - torch.floor(x)
+
+
 def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    r, g, b = x.unbind(1)
-    maxc, _ = x.max(1)
-    minc, _ = x.min(1)
+    """torchvision's RGB->HSV (hue in [0, 1)) with elementwise operations only (fast on CPU)."""
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    maxc = torch.maximum(r, torch.maximum(g, b))
+    minc = torch.minimum(r, torch.minimum(g, b))
     delta = maxc - minc
-    s = torch.where(maxc > 0, delta / maxc.clamp_min(1e-8), torch.zeros_like(maxc))
+    s = delta / maxc.clamp_min(1e-8)
     d = delta.clamp_min(1e-8)
     rc, gc, bc = (maxc - r) / d, (maxc - g) / d, (maxc - b) / d
-    hue = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    hue = torch.where(delta > 0, torch.remainder(hue / 6.0, 1.0), torch.zeros_like(hue))
-    return torch.stack([hue, s, maxc], 1)
+    is_r = (maxc == r).to(x.dtype)  # torchvision's priority: red, then green, then blue
+    is_g = (maxc == g).to(x.dtype) * (1 - is_r)
+    is_b = 1 - is_r - is_g
+    hue = is_r * (bc - gc) + is_g * (2.0 + rc - bc) + is_b * (4.0 + gc - rc)
+    hue = _frac(hue / 6.0) * (delta > 0).to(x.dtype)
+    return torch.cat([hue, s, maxc], 1)
 
 
 def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    h, s, v = x.unbind(1)
-    h6 = h * 6.0
-    i = torch.floor(h6)
-    f = h6 - i
-    i = torch.remainder(i, 6).long()
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    choices = torch.stack([
-        torch.stack([v, q, p, p, t, v], 1),
-        torch.stack([t, v, v, q, p, p], 1),
-        torch.stack([p, p, t, v, v, q], 1),
-    ], 1)  # B x 3 x 6 x H x W
-    index = i.unsqueeze(1).unsqueeze(2).expand(-1, 3, 1, -1, -1)
-    return choices.gather(2, index).squeeze(2)
+    """Closed form: channel ``c = v - v s clamp(min(k, 4 - k), 0, 1)``, ``k = (n + 6 h) mod 6``, n = 5, 3, 1."""
+    h, s, v = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    k = 6.0 * _frac((n + 6.0 * h) / 6.0)
+    return v - v * s * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
 
 
 def color_jitter(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -141,7 +141,7 @@ def color_jitter(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tens
         x = (s * x + (1 - s) * _gray(x)).clamp(0, 1)
     if "hue" in params:
         hsv = rgb_to_hsv(x)
-        shifted = torch.remainder(hsv[:, 0] + params["hue"].to(x.device, x.dtype).view(-1, 1, 1), 1.0)
+        shifted = _frac(hsv[:, 0] + params["hue"].to(x.device, x.dtype).view(-1, 1, 1))
         x = hsv_to_rgb(torch.stack([shifted, hsv[:, 1], hsv[:, 2]], 1))
     return x
 
