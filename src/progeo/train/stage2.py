@@ -28,8 +28,7 @@ from tqdm import tqdm
 
 from progeo.config import Stage2Config
 from progeo.device import autocast, resolve_device
-from progeo.errors import ConfigError
-from progeo.losses import CosFace, label_smoothed_cross_entropy, soft_triplet_loss
+from progeo.losses import label_smoothed_cross_entropy, soft_triplet_loss
 from progeo.train import ddp
 from progeo.train.class_batches import EpochBatches, epoch_loader
 from progeo.train.loop import (check_finite, make_grad_scaler, optimizer_to, seed_everything, torch_generator)
@@ -249,15 +248,19 @@ def _restore(path: Path, parts: Stage2Parts, device) -> _State:
 
 
 def _test(cfg, parts: Stage2Parts, best: Path, device, run: RunDir) -> dict[str, dict]:
-    from progeo.data.test_sets import TestSet
+    """Test recalls of the best model on every test query folder (the database described once)."""
+    from progeo.eval.evaluate import EvalConfig, evaluate_test_set, open_test_sets
     from progeo.models.checkpoints import load_model
 
     model = load_model(best, device=device)
+    eval_cfg = EvalConfig(positive_dist=cfg.positive_dist, recall_values=tuple(cfg.recall_values),
+                          batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers, device=str(device),
+                          amp=cfg.amp, progress=cfg.progress)
+    results = evaluate_test_set(model, open_test_sets(cfg.test_set, cfg.test_queries, cfg.positive_dist), eval_cfg)
     out = {}
-    for queries in cfg.test_queries:
-        test_set = TestSet(cfg.test_set, queries, cfg.positive_dist)
-        out[queries] = evaluate_model(model, test_set, cfg, device)
-        log.info("test %s: %s", queries, ", ".join(f"{k} {v:.1f}" for k, v in out[queries].items() if k.startswith("R@")))
+    for r in results:
+        log.info("test %s: %s", r.queries_folder, ", ".join(f"R@{n} {v:.1f}" for n, v in r.recall.recalls.items()))
+        out[r.queries_folder] = r.recall.as_dict()
     return out
 
 
