@@ -14,6 +14,11 @@ from progeo.geo.metrics import (
     topk_accuracy_ranked,
 )
 from progeo.geo.places import Place, PlaceList, nearest_places, place_key, read_places_csv, world_cities
+from progeo.geo.features import ImageFeatures, ModelSpec, image_features, load_gem_model
+from progeo.geo.gem_report import places_from_world, run_gem_report
+from progeo.geo.probe import LinearProbe, load_probe
+from progeo.geo.probe_fit import ProbeEvalConfig, ProbeFitConfig, evaluate_probe, fit_probe, run_probe_eval, run_probe_fit
+from progeo.geo.report import ClassTable, GemRun, Predictions, evaluate, metrics_table, true_classes
 from progeo.geo.templates import (
     CITY_TEMPLATES,
     COUNTRY_TEMPLATES,
@@ -21,6 +26,13 @@ from progeo.geo.templates import (
     load_templates,
     render_texts,
     validate_templates,
+)
+from progeo.geo.zeroshot import (
+    ZeroShotClassifier,
+    ZeroShotConfig,
+    build_zeroshot_classifier,
+    load_candidate_places,
+    run_zeroshot,
 )
 
 __all__ = [
@@ -30,4 +42,8 @@ __all__ = [
     "Place", "PlaceList", "nearest_places", "place_key", "read_places_csv", "world_cities",
     "CITY_TEMPLATES", "COUNTRY_TEMPLATES", "default_templates", "load_templates", "render_texts",
     "validate_templates",
+    "ImageFeatures", "ModelSpec", "image_features", "load_gem_model", "places_from_world", "run_gem_report",
+    "LinearProbe", "load_probe", "ProbeEvalConfig", "ProbeFitConfig", "evaluate_probe", "fit_probe", "run_probe_eval",
+    "run_probe_fit", "ClassTable", "GemRun", "Predictions", "evaluate", "metrics_table", "true_classes",
+    "ZeroShotClassifier", "ZeroShotConfig", "build_zeroshot_classifier", "load_candidate_places", "run_zeroshot",
 ]
