@@ -1,11 +1,16 @@
-"""``progeo demo``: the main job of ``make demo``, on the built-in synthetic world.
+"""``progeo demo``: the main job of ``make demo``, the whole pipeline on the synthetic world.
 
-Steps (each reuses what an earlier run left in the output folder when it matches):
+1. generate the synthetic world (or reuse it when its manifest matches preset and seed) and
+   validate it with the checks of ``progeo check-dataset``;
+2. pretrain a tiny CLIP on the world's captions (the paper starts from an aligned CLIP);
+3. evaluate the pretrained image encoder zero-shot (no place training);
+4. ProGEO stage 1 (prompts) and stage 2 (image encoder with the prompts);
+5. the CosPlace baseline: stage 2 with ``text_loss=False``, same seed and budget;
+6. evaluate every model on the test set's day, night and occlusion queries;
+7. GEM: zero-shot and linear-probe city / country classification with the pretrained CLIP.
 
-1. generate the synthetic world (or reuse it when its manifest matches preset, seed and size);
-2. validate it with the same checks as ``progeo check-dataset`` and print its summary.
-
-The training and evaluation steps are appended as the pipeline grows.
+Everything lands in ``out_dir``: ``report.md`` / ``report.json`` (the recall table and the GEM
+table), ``recalls.png``, prediction grids of ProGEO, and every run folder.
 """
 
 from __future__ import annotations
@@ -13,32 +18,73 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from progeo.errors import DatasetError
+from progeo.io import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
+
+QUERY_FOLDERS = ("queries", "queries_night", "queries_occlusion")
+METHODS = ("zero-shot (pretrained CLIP)", "CosPlace (no text loss)", "ProGEO (stage 1 + 2)")
+
+
+@dataclass(frozen=True)
+class DemoBudget:
+    """Training budget of the demo (the paper's budgets are the config defaults; these are tiny)."""
+
+    preset: str
+    backbone: str = "tiny-rn"
+    pretrain_epochs: int = 6
+    pretrain_image_size: int = 64
+    stage1_epochs: int = 40
+    stage2_image_size: int = 64
+    groups_num: int = 2
+    stage2_epochs: int = 4
+    iterations_per_epoch: int = 60
+    batch_size: int = 32
+
+
+BUDGETS = {
+    False: DemoBudget(preset="default"),
+    True: DemoBudget(preset="tiny", pretrain_epochs=4, stage1_epochs=10, stage2_epochs=2,
+                     iterations_per_epoch=20, batch_size=32),
+}
 
 
 @dataclass
 class DemoConfig:
     out_dir: Path = Path("demo_out")
-    preset: str = "default"
+    preset: str | None = None  # None: the budget's preset
     seed: int = 0
     workers: int | None = None
     quick: bool = False
+    device: str = "auto"
+    gem: bool = True
+
+    @property
+    def budget(self) -> DemoBudget:
+        return BUDGETS[bool(self.quick)]
+
+    @property
+    def world_preset(self) -> str:
+        return self.preset or self.budget.preset
 
     @property
     def world_dir(self) -> Path:
-        return Path(self.out_dir) / f"world-{self.preset}-seed{self.seed}"
+        return Path(self.out_dir) / f"world-{self.world_preset}-seed{self.seed}"
 
 
 @dataclass
 class DemoResult:
     world_dir: Path
     reports: list = field(default_factory=list)
+    recalls: dict = field(default_factory=dict)  # method -> query folder -> {N: recall %}
+    gem: dict = field(default_factory=dict)
+    pretrain_zeroshot: dict = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    markdown: str = ""
 
     @property
     def ok(self) -> bool:
@@ -61,11 +107,11 @@ def prepare_world(cfg: DemoConfig) -> Path:
     from progeo.data.synthetic import generate_world
 
     world = cfg.world_dir
-    if _world_matches(world, cfg.preset, cfg.seed):
+    if _world_matches(world, cfg.world_preset, cfg.seed):
         log.info("reusing the synthetic world in %s", world)
         return world
-    log.info("generating the %r synthetic world (seed %d) in %s", cfg.preset, cfg.seed, world)
-    generate_world(world, cfg.preset, cfg.seed, workers=cfg.workers, overwrite=world.exists(), progress=True)
+    log.info("generating the %r synthetic world (seed %d) in %s", cfg.world_preset, cfg.seed, world)
+    generate_world(world, cfg.world_preset, cfg.seed, workers=cfg.workers, overwrite=world.exists(), progress=True)
     return world
 
 
@@ -76,19 +122,109 @@ def validate_world(world: Path) -> list:
     reports = [check_dataset(world / "train", "train")]
     for split in ("val", "test"):
         reports.append(check_dataset(world / split, "test"))
+    bad = [r for r in reports if not r.ok]
+    if bad:
+        raise DatasetError(f"the synthetic world in {world} failed validation ({bad[0].path}: {bad[0].problems[0]}); "
+                           f"delete {world} and run the demo again")
     return reports
 
 
+def _evaluate(model, world: Path, name: str, device: str, out: Path | None = None):
+    from progeo.eval.evaluate import EvalConfig, evaluate_test_set, open_test_sets
+    from progeo.eval.results import write_results
+
+    cfg = EvalConfig(device=device, batch_size=128, progress=False)
+    results = evaluate_test_set(model, open_test_sets(world / "test", QUERY_FOLDERS), cfg, model_name=name)
+    if out is not None:
+        write_results(results, out, run={"model": name}, grids=8, grid_k=5)
+    return {r.queries_folder: {int(k): float(v) for k, v in r.recall.recalls.items()} for r in results}
+
+
+def _format_table(recalls: dict) -> str:
+    lines = ["| method | queries | R@1 | R@5 | R@10 | R@20 |", "|---|---|---|---|---|---|"]
+    for method, folders in recalls.items():
+        for folder, rec in folders.items():
+            lines.append(f"| {method} | {folder} | " + " | ".join(f"{rec.get(n, float('nan')):.1f}"
+                                                                  for n in (1, 5, 10, 20)) + " |")
+    return "\n".join(lines)
+
+
 def run_demo(cfg: DemoConfig) -> DemoResult:
-    t0 = time.perf_counter()
+    from progeo.config import PretrainConfig, Stage1Config, Stage2Config
+    from progeo.device import resolve_device
+    from progeo.models import build_model, load_model
+    from progeo.train.pretrain import run_pretrain
+    from progeo.train.stage1 import run_stage1
+    from progeo.train.stage2 import run_stage2
+
+    out, b, device = Path(cfg.out_dir), cfg.budget, str(resolve_device(cfg.device))
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        result.seconds[name] = round(now - clock, 1)
+        clock = now
+        log.info("demo: %s done in %.1f s", name, result.seconds[name])
+
     world = prepare_world(cfg)
     result = DemoResult(world_dir=world)
-    result.seconds["world"] = time.perf_counter() - t0
-    t1 = time.perf_counter()
+    lap("world")
     result.reports = validate_world(world)
-    result.seconds["validate"] = time.perf_counter() - t1
-    if not result.ok:
-        bad = "; ".join(f"{r.path}: {r.problems[0]}" for r in result.reports if not r.ok)
-        raise DatasetError(f"the synthetic world in {world} failed validation ({bad}); "
-                           f"delete {world} and run the demo again")
+    lap("validate")
+
+    common = dict(device=device, seed=cfg.seed, progress=True, tensorboard=False)
+    pre = run_pretrain(PretrainConfig(world=str(world), backbone=b.backbone, out_dir=str(out / "pretrain"),
+                                      image_size=b.pretrain_image_size, epochs=b.pretrain_epochs, **common))
+    result.pretrain_zeroshot = {"city_top1": pre.zeroshot_accuracy, "before": pre.zeroshot_before, "chance": pre.chance}
+    lap("pretrain")
+
+    model_fields = dict(backbone=b.backbone, weights=str(pre.checkpoint))
+    zero = build_model(b.backbone, weights=str(pre.checkpoint), image_size=b.stage2_image_size,
+                       normalization="imagenet", device=device)
+    result.recalls[METHODS[0]] = _evaluate(zero, world, METHODS[0], device)
+    lap("eval zero-shot")
+
+    s1 = run_stage1(Stage1Config(train_set=str(world / "train"), out_dir=str(out / "stage1"), groups_num=b.groups_num,
+                                 epochs=b.stage1_epochs, **model_fields, **common))
+    lap("stage 1")
+
+    stage2 = dict(train_set=str(world / "train"), val_set=str(world / "val"), image_size=b.stage2_image_size,
+                  groups_num=b.groups_num, epochs=b.stage2_epochs, iterations_per_epoch=b.iterations_per_epoch,
+                  batch_size=b.batch_size, **model_fields, **common)
+    for method, run, extra in ((METHODS[1], "cosplace", {"text_loss": False}),
+                               (METHODS[2], "progeo", {"prompts": str(s1.prompts_path)})):
+        s2 = run_stage2(Stage2Config(out_dir=str(out / f"stage2-{run}"), **stage2, **extra))
+        lap(f"stage 2 {run}")
+        model = load_model(s2.best_model or s2.last_model, device)
+        result.recalls[method] = _evaluate(model, world, method, device,
+                                           out / "eval" / run if run == "progeo" else None)
+        lap(f"eval {run}")
+
+    if cfg.gem:
+        from progeo.geo.gem_report import run_gem_report
+
+        result.gem = run_gem_report(world, pre.checkpoint, b.backbone, out / "gem", device=device)
+        lap("gem")
+    _write_report(cfg, result, out)
     return result
+
+
+def _write_report(cfg: DemoConfig, result: DemoResult, out: Path) -> None:
+    from progeo.eval.visualize import plot_recall_curves
+
+    table = _format_table(result.recalls)
+    parts = [f"# progeo demo ({cfg.world_preset} synthetic world, seed {cfg.seed})", "",
+             "Recall@N (%) on the test set, positives within 25 m:", "", table, ""]
+    if result.gem:
+        parts += ["GEM city / country classification of the test images:", "", result.gem["markdown"], ""]
+    parts += ["Seconds per step: " + ", ".join(f"{k} {v}" for k, v in result.seconds.items()), ""]
+    result.markdown = "\n".join(parts)
+    write_text_atomic(out / "report.md", result.markdown)
+    write_json_atomic(out / "report.json", {
+        "preset": cfg.world_preset, "seed": cfg.seed, "budget": asdict(cfg.budget), "recalls": result.recalls,
+        "pretrain_zeroshot": result.pretrain_zeroshot, "seconds": result.seconds,
+        "gem": {k: v for k, v in result.gem.items() if k != "markdown"} if result.gem else {}})
+    curves = {f"{m.split(' (')[0]} / {f}": {int(n): v for n, v in rec.items()}
+              for m, folders in result.recalls.items() for f, rec in folders.items()}
+    plot_recall_curves(curves, out / "recalls.png", title="progeo demo: recall@N")
