@@ -79,3 +79,21 @@ def test_invalid_values_rejected(cls, overrides, match):
 def test_missing_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config(Stage1Config, tmp_path / "nope.yaml")
+
+
+def test_command_line_flags_become_the_config(tmp_path):
+    from progeo.cli import build_parser
+    from progeo.cli.train import config_from_args
+
+    path = tmp_path / "s2.yaml"
+    path.write_text("epochs: 3\nbatch_size: 16\nfc_output_dim: 128\n")
+    args = build_parser().parse_args(["train", "stage2", "--config", str(path), "--no-text-loss", "--batch-size", "8",
+                                      "--crop-scale", "0.6", "1.0", "--fc-output-dim", "none", "--test-queries",
+                                      "queries", "queries_night"])
+    cfg = config_from_args(Stage2Config, args)
+    assert (cfg.epochs, cfg.batch_size, cfg.text_loss, cfg.crop_scale, cfg.fc_output_dim) == (3, 8, False, (0.6, 1.0), None)
+    assert cfg.test_queries == ("queries", "queries_night") and cfg.lr == 1e-5  # untouched: the paper's
+    args = build_parser().parse_args(["train", "stage1", "--epochs", "5", "--image-size", "64"])
+    assert config_from_args(Stage1Config, args).epochs == 5
+    args = build_parser().parse_args(["pretrain", "--world", "W", "--no-augment"])
+    assert config_from_args(PretrainConfig, args).augment is False
