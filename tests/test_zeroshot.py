@@ -98,13 +98,15 @@ def test_country_aggregate_predicts_the_best_city_of_the_predicted_country():
     assert (by_lse.pred_lat[0], by_lse.pred_lon[0]) == (0.0, 1.0)
 
 
-def test_country_prompts_classes_sit_at_the_mean_of_their_cities():
+def test_country_prompts_classes_sit_at_their_medoid_city():
+    from progeo.geo.report import geo_medoid
+
     classes = ClassTable.from_places(_places(), "country")
     assert classes.names == ["Aland", "Bland"]
-    assert classes.lat[1] == pytest.approx(0.0, abs=1e-9)
-    # the spherical mean of 1, 3 and 10 degrees east along the equator is close to their plain mean
-    assert classes.lon[1] == pytest.approx(np.degrees(np.arctan2(np.sin(np.radians([1, 3, 10])).sum(),
-                                                                  np.cos(np.radians([1, 3, 10])).sum())))
+    # Bland's cities at 1, 3 and 10 degrees east: total distances 2+9, 2+7, 9+7 degrees -> B2
+    assert (classes.lat[1], classes.lon[1]) == (0.0, 3.0) and (classes.lat[0], classes.lon[0]) == (0.0, 0.0)
+    lon = np.arange(5000) % 7 + 0.0  # sampled above max_points: still a point of the input, near the middle
+    assert geo_medoid(np.zeros(5000), lon, max_points=100) == (0.0, 3.0)
 
 
 def test_rank_top_k_orders_best_first_with_ties_by_index():

@@ -45,7 +45,7 @@ def places_from_world(world: str | os.PathLike) -> PlaceList:
 def run_gem_report(world_dir: str | os.PathLike, weights: str | os.PathLike | None, backbone: str = "tiny-vit",
                    out_dir: str | os.PathLike | None = None, *, device: str = "cpu", batch_size: int = 256,
                    num_workers: int = 0, cache_dir: str | os.PathLike | None = None, country_mode: str = "aggregate",
-                   grid: Sequence[float] | None = None, progress: bool = False) -> dict[str, Any]:
+                   grid: Sequence[float] | None = None, max_iter: int = 200, progress: bool = False) -> dict[str, Any]:
     """Zero-shot and linear-probe GEM, city and country level, on a synthetic world's test images.
 
     Returns ``{"markdown": table, "runs": {name: metrics}, "seconds": {...}, ...}``; with
@@ -88,7 +88,7 @@ def run_gem_report(world_dir: str | os.PathLike, weights: str | os.PathLike | No
     for level in ("city", "country"):
         t = time.perf_counter()
         probe = fit_probe(gem, parts["train"], parts["val"], level=level, places=places,
-                          grid=tuple(grid) if grid is not None else REG_GRID, options=opts)
+                          grid=tuple(grid) if grid is not None else REG_GRID, max_iter=max_iter, options=opts)
         runs.append(evaluate_probe(probe, gem, test_paths, test, places, name=f"linear probe {level}", options=opts))
         runs[-1].info.update(l2=probe.l2, val_accuracy={f"{k:g}": v for k, v in probe.val_accuracy.items()})
         seconds[f"linear probe {level}"] = time.perf_counter() - t

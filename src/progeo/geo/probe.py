@@ -11,7 +11,7 @@ Validation is either an explicit labelled list, which stays held-out, or a strat
 Classes are the cities (``(city, country)`` labels, or with candidate ``places`` the matched or,
 without a city label, the nearest candidate place) or the countries of the training images.
 A class is placed, for the km metrics, at its candidate place's coordinates, or else at the
-spherical mean of its training images.
+medoid of its training images' positions (the one with the smallest total distance to the others).
 
 Saved as a folder: ``probe.safetensors`` (weight, bias, feature_mean, feature_std) and
 ``probe.json`` (classes with country/lat/lon, the model spec with the image tower's hash,
@@ -33,7 +33,7 @@ from progeo.errors import CheckpointError, ConfigError, DatasetError
 from progeo.geo.features import ModelSpec
 from progeo.geo.labelled_images import LabelledImages, country_labels, match_places
 from progeo.geo.places import PlaceList, nearest_places, place_key
-from progeo.geo.report import ClassTable, Predictions, rank_top_k, spherical_mean
+from progeo.geo.report import ClassTable, Predictions, geo_medoid, rank_top_k
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def probe_classes(labels: LabelledImages, level: str, places: PlaceList | None =
         raise ConfigError(f"unknown level {level!r}; choose city or country")
     index = {k: i for i, k in enumerate(order)}
     targets = np.array([index[k] for k in keys], dtype=np.int64)
-    coords = [spherical_mean(labels.lat[targets == c], labels.lon[targets == c]) for c in range(len(order))]
+    coords = [geo_medoid(labels.lat[targets == c], labels.lon[targets == c]) for c in range(len(order))]
     return ClassTable(level, list(names), list(countries), np.array([c[0] for c in coords]),
                       np.array([c[1] for c in coords]), src), targets
 

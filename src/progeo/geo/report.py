@@ -26,19 +26,24 @@ import numpy as np
 
 from progeo.errors import DatasetError
 from progeo.geo.labelled_images import LabelledImages, country_labels, match_places, read_labelled_images
-from progeo.geo.metrics import DEFAULT_THRESHOLDS_KM, country_confusion, geo_metrics
-from progeo.geo.places import Place, PlaceList, _unit_vectors, nearest_places, place_key
+from progeo.geo.metrics import DEFAULT_THRESHOLDS_KM, country_confusion, geo_metrics, haversine_km
+from progeo.geo.places import Place, PlaceList, nearest_places, place_key
 from progeo.io import atomic_path, write_json_atomic
 
 
-def spherical_mean(lat: np.ndarray, lon: np.ndarray) -> tuple[float, float]:
-    """The normalized mean of the points' unit vectors, in degrees (the first point if they cancel)."""
-    v = _unit_vectors(np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)).mean(axis=0)
-    n = np.linalg.norm(v)
-    if n < 1e-9:
-        return float(lat[0]), float(lon[0])
-    x, y, z = v / n
-    return float(np.degrees(np.arcsin(np.clip(z, -1, 1)))), float(np.degrees(np.arctan2(y, x)))
+def geo_medoid(lat: np.ndarray, lon: np.ndarray, max_points: int = 2048) -> tuple[float, float]:
+    """The point of ``(lat, lon)`` with the smallest total great-circle distance to the others.
+
+    A real location (a city, an image's position) that minimises the mean km error when a whole
+    group of places is predicted as one point; for more than ``max_points`` points, the search
+    and the sums use that many evenly spaced ones.
+    """
+    lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
+    if len(lat) > max_points:
+        keep = np.unique(np.linspace(0, len(lat) - 1, max_points).round().astype(np.int64))
+        lat, lon = lat[keep], lon[keep]
+    best = int(haversine_km(lat[:, None], lon[:, None], lat[None], lon[None]).sum(axis=1).argmin())
+    return float(lat[best]), float(lon[best])
 
 
 @dataclass
@@ -57,12 +62,12 @@ class ClassTable:
 
     @classmethod
     def from_places(cls, places: PlaceList, level: str) -> ClassTable:
-        """Cities as they are; countries placed at the spherical mean of their candidate cities."""
+        """Cities as they are; each country placed at the medoid of its candidate cities (:func:`geo_medoid`)."""
         if level == "city":
             return cls("city", places.names, places.countries, places.lats, places.lons, places.source)
         names = places.country_names()
         own = np.array(places.countries)
-        coords = [spherical_mean(places.lats[own == c], places.lons[own == c]) for c in names]
+        coords = [geo_medoid(places.lats[own == c], places.lons[own == c]) for c in names]
         return cls("country", names, list(names), np.array([c[0] for c in coords]), np.array([c[1] for c in coords]),
                    places.source)
 

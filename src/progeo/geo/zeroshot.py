@@ -16,7 +16,8 @@ Country level, two modes (``country_mode``):
     grows with the number of cities, favouring countries with many candidates.
 ``"prompts"``
     one ensemble of country templates per country ("a street view photo taken in {country}.");
-    the predicted coordinates are the spherical mean of the country's candidate cities.
+    the predicted coordinates are those of the country's medoid city (the candidate with the
+    smallest total distance to the country's other candidates).
 """
 
 from __future__ import annotations
