@@ -19,6 +19,7 @@ from progeo.eval.search import (
 APPROXIMATE = {
     "flat-fp16": IndexConfig(kind="flat-fp16"),
     "ivfpq": IndexConfig(kind="ivfpq", nlist=16, m=16, nprobe=4, train_size=2000),
+    "ivfpq-unrotated": IndexConfig(kind="ivfpq", nlist=16, m=16, nprobe=4, train_size=2000, rotate=False),
     "hnsw": IndexConfig(kind="hnsw", hnsw_m=16, ef_construction=40, ef_search=64),
 }
 
@@ -86,7 +87,7 @@ def test_float16_memmap_input_matches_float32(tmp_path, clustered):
         assert np.array_equal(ids16, ids32)
 
 
-@pytest.mark.parametrize("kind", ["flat", "flat-fp16", "ivfpq", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "flat-fp16", "ivfpq", "ivfpq-unrotated", "hnsw"])
 def test_save_load_round_trip_mmap(tmp_path, clustered, built, kind):
     _, queries, _ = clustered
     index, config = built[kind]
@@ -98,8 +99,9 @@ def test_save_load_round_trip_mmap(tmp_path, clustered, built, kind):
     before = search(index, queries, 5)
     after = search(loaded, queries, 5)
     assert np.array_equal(before[1], after[1]) and np.allclose(before[0], after[0])
-    if kind == "ivfpq":
+    if kind.startswith("ivfpq"):
         assert faiss.extract_index_ivf(loaded).nprobe == config.nprobe
+        assert isinstance(loaded, faiss.IndexPreTransform) == config.rotate
     if kind == "hnsw":
         assert faiss.downcast_index(loaded).hnsw.efSearch == config.ef_search
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
