@@ -73,7 +73,7 @@ def _time_mode(parts, cfg, mode: str, iterations: int, workers: int, device: tor
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--world", help="synthetic world folder (default: a tiny world made in a temp folder)")
-    parser.add_argument("--backbone", default="tiny-vit")
+    parser.add_argument("--backbone", default="tiny-rn")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--iterations", type=int, default=20)
