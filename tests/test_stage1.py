@@ -12,6 +12,16 @@ from progeo.config import Stage1Config
 from progeo.errors import ConfigError
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and spinning OpenMP threads make the run
+    very slow when other processes share the cores; one thread keeps these tests fast anywhere."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _cfg(tiny_world, tmp_path, **kw) -> Stage1Config:
     base = dict(train_set=str(tiny_world / "train"), backbone="tiny-vit", out_dir=str(tmp_path / "stage1"),
                 image_size=None, epochs=12, batch_size=64, groups_num=2, lr=0.01, device="cpu", progress=False,

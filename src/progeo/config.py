@@ -37,9 +37,12 @@ class RunConfig:
     num_workers: int = 0  # image decoding processes (0: in the main process)
     progress: bool = True  # tqdm progress bars
     tensorboard: bool = True  # TensorBoard event files beside the CSV logs
+    threads: int | None = None  # torch CPU threads during the run (None: torch's default; 1 suits tiny models)
 
     def check(self) -> None:
         _positive(self, "num_workers", allow_zero=True)
+        if self.threads is not None:
+            _positive(self, "threads")
 
 
 @dataclass

@@ -8,6 +8,7 @@ so a resumed run replays exactly the batches an uninterrupted run would have see
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -116,3 +117,17 @@ def optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device | str) -
         for key, value in state.items():
             if isinstance(value, torch.Tensor) and (key != "step" or value.dim() > 0):
                 state[key] = value.to(device)
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None):
+    """Run the block with ``threads`` torch CPU threads (None: unchanged), restoring them after."""
+    if threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

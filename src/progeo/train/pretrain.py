@@ -129,6 +129,13 @@ def _load_images(paths: list[str], size: int, cfg: PretrainConfig) -> torch.Tens
 
 def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
     """Pretrain a tiny CLIP on ``cfg.world``; returns the checkpoint path and the zero-shot accuracies."""
+    from progeo.train.loop import cpu_threads
+
+    with cpu_threads(cfg.threads):
+        return _pretrain(cfg)
+
+
+def _pretrain(cfg: PretrainConfig) -> PretrainResult:
     from open_clip.loss import ClipLoss
 
     from progeo.models.backbones import image_size_of, load_clip, set_image_size

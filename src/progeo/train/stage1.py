@@ -70,6 +70,13 @@ def group_features(clip, groups, cfg: Stage1Config, device: torch.device):
 
 def run_stage1(cfg: Stage1Config) -> Stage1Result:
     """Train the prompts of ``cfg.groups_num`` groups; returns where the prompts file is."""
+    from progeo.train.loop import cpu_threads
+
+    with cpu_threads(cfg.threads):
+        return _stage1(cfg)
+
+
+def _stage1(cfg: Stage1Config) -> Stage1Result:
     from progeo.data.train_sets import TrainSet
     from progeo.models.prompts import PromptLearner, save_prompts
     from progeo.models.text_encoder import ClipTextEncoder

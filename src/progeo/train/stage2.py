@@ -66,8 +66,11 @@ def run_stage2(cfg: Stage2Config) -> Stage2Result:
     cfg.check()
     t0 = time.perf_counter()
     info, device = ddp.init_distributed(resolve_device(cfg.device))
+    from progeo.train.loop import cpu_threads
+
     try:
-        return _run(cfg, info, device, t0)
+        with cpu_threads(cfg.threads):
+            return _run(cfg, info, device, t0)
     finally:
         ddp.cleanup(info)
 
