@@ -32,16 +32,12 @@ import utm
 
 from progeo.errors import ConfigError, DatasetError
 from progeo.eval.recall import POSITIVE_DIST_M
+from progeo.geo.metrics import haversine_km
 from progeo.io import atomic_path, write_json_atomic
-
-EARTH_RADIUS_M = 6_371_008.8
-
 
 def haversine_m(lat1, lon1, lat2, lon2) -> np.ndarray:
     """Great-circle distance in metres (broadcasting over arrays of degrees)."""
-    lat1, lon1, lat2, lon2 = (np.radians(np.asarray(v, dtype=np.float64)) for v in (lat1, lon1, lat2, lon2))
-    a = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
-    return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+    return haversine_km(lat1, lon1, lat2, lon2) * 1000.0
 
 
 def utm_zones(lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
