@@ -30,9 +30,9 @@ def _blobs(n_per_class, seed: int = 0, spread: float = 0.6):
 
 def test_logistic_regression_learns_and_l2_shrinks_the_weights():
     x, y = _blobs(40)
-    w_weak, b_weak = train_logistic_regression(x, y, 3, 1e-6)
+    w_weak, b_weak = train_logistic_regression(x, y, 3, 1e-6, max_iter=50)
     assert ((x @ w_weak.T + b_weak).argmax(1) == y).float().mean() > 0.95
-    w_strong, _ = train_logistic_regression(x, y, 3, 1e-1)
+    w_strong, _ = train_logistic_regression(x, y, 3, 1e-1, max_iter=50)
     assert w_strong.norm() < 0.5 * w_weak.norm()
 
 
@@ -40,7 +40,7 @@ def test_l2_grid_logs_every_value_and_keeps_the_best(caplog):
     x, y = _blobs((90, 15, 15), seed=1)  # imbalanced: a huge l2 leaves only the bias, i.e. the majority class
     xv, yv = _blobs(30, seed=2)
     with caplog.at_level(logging.INFO, logger="progeo.geo.probe"):
-        best, accs, (w, b) = select_l2(x, y, xv, yv, 3, (1e-4, 1e-2, 100.0))
+        best, accs, (w, b) = select_l2(x, y, xv, yv, 3, (1e-4, 1e-2, 100.0), max_iter=50)
     assert set(accs) == {1e-4, 1e-2, 100.0}
     assert best == max(accs, key=lambda k: (accs[k], k))  # ties go to the stronger regularization
     assert accs[100.0] < accs[best] - 0.3  # a huge l2 underfits

@@ -20,6 +20,7 @@ the feature normalization, the chosen l2 and the grid's val accuracies).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -42,10 +43,33 @@ PROBE_FORMAT = "progeo-linear-probe"
 PROBE_VERSION = 1
 WEIGHTS_NAME, META_NAME = "probe.safetensors", "probe.json"
 _TENSORS = ("weight", "bias", "feature_mean", "feature_std")
+SMALL_PROBLEM = 1 << 25  # images x dims x classes below which CPU training runs on one thread
+
+
+@contextlib.contextmanager
+def _threads_for(x, n_classes: int):
+    """One intra-op thread for small CPU problems: their ops are too short to split, and 2+ threads
+    stall on shared cores (measured 100x slower for a 120 x 4 problem on a busy 2-core machine)."""
+    import torch
+
+    small = x.device.type == "cpu" and x.shape[0] * x.shape[1] * n_classes < SMALL_PROBLEM
+    threads = torch.get_num_threads()
+    if small and threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if small and threads > 1:
+            torch.set_num_threads(threads)
 
 
 def train_logistic_regression(x, y, n_classes: int, l2: float, *, init=None, max_iter: int = 200):
     """Full-batch L-BFGS on ``mean CE(x @ W.T + b, y) + l2 * ||W||^2``; returns ``(W, b)`` tensors."""
+    with _threads_for(x, n_classes):
+        return _lbfgs(x, y, n_classes, l2, init, max_iter)
+
+
+def _lbfgs(x, y, n_classes: int, l2: float, init, max_iter: int):
     import torch
     import torch.nn.functional as F
 
