@@ -49,7 +49,12 @@ from progeo.io import atomic_path, write_json_atomic
 logger = logging.getLogger(__name__)
 
 INDEX_KINDS = ("flat", "flat-fp16", "ivfpq", "hnsw")
-_COARSE_KMEANS_ITERATIONS = 10  # faiss's 25 costs 2.5x the training time for little gain
+# Training cost, measured with benchmarks/bench_index.py: 10 coarse k-means iterations instead
+# of faiss's 25, and PQ codebooks trained on 128 instead of 256 points per centroid, build
+# about twice as fast at the same R@1 (within 0.3 %).
+_COARSE_KMEANS_ITERATIONS = 10
+_PQ_KMEANS_ITERATIONS = 25
+_PQ_POINTS_PER_CENTROID = 128
 _CONFIG_SUFFIX = ".json"
 
 
@@ -139,7 +144,8 @@ def _empty_index(config: IndexConfig, dim: int) -> faiss.Index:
     quantizer = faiss.IndexFlatL2(dim)
     index = faiss.IndexIVFPQ(quantizer, dim, config.nlist, config.m, config.nbits)
     index.cp.seed, index.cp.niter = config.seed, _COARSE_KMEANS_ITERATIONS
-    index.pq.cp.seed = config.seed
+    index.pq.cp.seed, index.pq.cp.niter = config.seed, _PQ_KMEANS_ITERATIONS
+    index.pq.cp.max_points_per_centroid = _PQ_POINTS_PER_CENTROID
     if not config.rotate:
         return index
     rotation = faiss.RandomRotationMatrix(dim, dim)
