@@ -1,0 +1,197 @@
+"""Index kinds at SF-XL scale: build time, search time, memory and R@1 against exact search.
+
+Database: ``--database-num`` (2.8 M, the SF-XL test database) L2-normalized descriptors of
+``--dim`` (512). Without a trained model they are synthetic places: place centres grouped in
+regions of ``--places-per-region`` (the places of a region are hard negatives for each other),
+random directions with a decaying variance spectrum (a low intrinsic dimension, like real
+descriptors); the database holds ``--images-per-place`` noisy views of every place. With
+``--descriptors DIR`` (saved by ``progeo.eval.descriptors_io``) the saved vectors are the place
+centres instead, replicated with noise up to the target size. Each query is a new noisy view
+of a random place; its positives are the views of the same place (the analogue of "within
+25 m"). The defaults give exact search an R@1 of about 90 %, like ProGEO on SF-XL.
+
+Reported per kind: build seconds (training + adding), search seconds for all queries with all
+threads, serialized index bytes (faiss.write_index into a byte counter) and RSS growth during
+the build, R@1 (share of queries whose top-1 is a positive), that R@1 relative to exact flat
+search, and top-1 agreement with exact search. ``flat-fp16`` scans every code per query
+without BLAS; its search is timed on ``--slow-queries-num`` queries and scaled (marked ``*``).
+
+    .venv/bin/python benchmarks/bench_index.py                       # full: 2.8 M x 512
+    .venv/bin/python benchmarks/bench_index.py --database-num 200000  # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import resource
+import time
+
+import faiss
+import numpy as np
+
+from progeo.eval.search import INDEX_KINDS, IndexConfig, apply_search_params, build_index, search
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def serialized_bytes(index: faiss.Index) -> int:
+    total = 0
+
+    def count(chunk: bytes) -> int:
+        nonlocal total
+        total += len(chunk)
+        return len(chunk)
+
+    faiss.write_index(index, faiss.PyCallbackIOWriter(count))
+    return total
+
+
+def _normalized(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def spectrum(dim: int) -> np.ndarray:
+    """Per-dimension scale with a decaying variance (like the PCA spectrum of real
+    descriptors), normalized so that a standard normal vector times it has norm ~1."""
+    scale = (1.0 + np.arange(dim) / 16.0) ** -0.5
+    return (scale / np.sqrt(np.sum(scale**2))).astype(np.float32)
+
+
+def make_centres(places_num: int, dim: int, spread: float, places_per_region: int, rng: np.random.Generator) -> np.ndarray:
+    """Place centres in regions (neighbourhoods): a region direction plus ``spread`` times a
+    place offset, so that the places of one region are hard negatives for each other."""
+    regions = _normalized(rng.standard_normal((max(1, places_num // places_per_region), dim), dtype=np.float32) * spectrum(dim))
+    offsets = rng.standard_normal((places_num, dim), dtype=np.float32) * (spectrum(dim) * np.float32(spread))
+    return _normalized(regions[rng.integers(0, len(regions), places_num)] + offsets)
+
+
+def views(centres: np.ndarray, places: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """New 'photos' of the given places: centre + noise, L2-normalized, float32."""
+    scale = spectrum(centres.shape[1]) * np.float32(noise)
+    return _normalized(centres[places] + rng.standard_normal((len(places), centres.shape[1]), dtype=np.float32) * scale)
+
+
+def make_database(centres: np.ndarray, database_num: int, noise: float, rng: np.random.Generator, chunk: int = 262144):
+    """float16 database + place label per row; row i shows place i % places_num."""
+    database = np.empty((database_num, centres.shape[1]), dtype=np.float16)
+    places = np.arange(database_num) % len(centres)
+    for start in range(0, database_num, chunk):
+        database[start : start + chunk] = views(centres, places[start : start + chunk], noise, rng)
+    return database, places
+
+
+def time_search(index, queries: np.ndarray, k: int, limit: int | None) -> tuple[float, np.ndarray, bool]:
+    subset = queries if limit is None or limit >= len(queries) else queries[:limit]
+    start = time.perf_counter()
+    _, ids = search(index, subset, k)
+    seconds = time.perf_counter() - start
+    scaled = len(subset) < len(queries)
+    if scaled:  # accuracy on the subset, time extrapolated linearly (every query scans all codes)
+        seconds *= len(queries) / len(subset)
+    return seconds, ids, scaled
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database-num", type=int, default=2_800_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--queries-num", type=int, default=1000)
+    parser.add_argument("--images-per-place", type=int, default=10)
+    parser.add_argument("--noise", type=float, default=0.9, help="norm of the noise added to a unit place centre")
+    parser.add_argument("--place-spread", type=float, default=0.5, help="place offset from its region (smaller: harder)")
+    parser.add_argument("--places-per-region", type=int, default=100)
+    parser.add_argument("--descriptors", help="folder of saved descriptors to replicate instead of synthetic centres")
+    parser.add_argument("--kinds", default=",".join(INDEX_KINDS), help="comma-separated index kinds")
+    parser.add_argument("--slow-queries-num", type=int, default=100, help="queries timed for flat-fp16")
+    parser.add_argument("--nlist", type=int, help="ivfpq cells (default: automatic)")
+    parser.add_argument("--m", type=int, help="ivfpq bytes per vector (default: automatic)")
+    parser.add_argument("--train-size", type=int, help="ivfpq training sample (default: automatic)")
+    parser.add_argument("--no-rotate", action="store_true", help="ivfpq without the random rotation")
+    parser.add_argument("--nprobes", default="8,16,32", help="ivfpq nprobe values to search with")
+    parser.add_argument("--hnsw-m", type=int)
+    parser.add_argument("--ef-construction", type=int)
+    parser.add_argument("--ef-searches", default="64,128", help="hnsw efSearch values to search with")
+    parser.add_argument("--threads", type=int, help="faiss threads (default: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+
+    run_start = start = time.perf_counter()
+    if args.descriptors:
+        from progeo.eval.descriptors_io import load_descriptors
+
+        saved = load_descriptors(args.descriptors)
+        centres = _normalized(np.asarray(saved.descriptors, dtype=np.float32))
+        args.dim = centres.shape[1]
+    else:
+        places_num = max(1, args.database_num // args.images_per_place)
+        centres = make_centres(places_num, args.dim, args.place_spread, args.places_per_region, rng)
+    database, places = make_database(centres, args.database_num, args.noise, rng)
+    query_places = rng.choice(min(len(centres), args.database_num), size=args.queries_num, replace=False)
+    queries = views(centres, query_places, args.noise, rng)
+    del centres
+    print(f"data: {args.database_num} x {args.dim} float16 database, {args.queries_num} queries "
+          f"({time.perf_counter() - start:.0f} s to generate), faiss threads {faiss.omp_get_max_threads()}")
+
+    overrides = {name: getattr(args, name) for name in ("nlist", "m", "train_size", "hnsw_m", "ef_construction")}
+    overrides = {name: value for name, value in overrides.items() if value is not None}
+    if args.no_rotate:
+        overrides["rotate"] = False
+    sweeps = {"ivfpq": ("nprobe", _ints(args.nprobes)), "hnsw": ("ef_search", _ints(args.ef_searches))}
+    rows, exact_top1, exact_hits = [], None, None
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    kinds = ["flat"] + [k for k in kinds if k != "flat"]  # the reference comes first
+    for kind in kinds:
+        config = IndexConfig(kind=kind, **{n: v for n, v in overrides.items() if kind in ("ivfpq", "hnsw")})
+        gc.collect()
+        rss_before = rss_bytes()
+        start = time.perf_counter()
+        index = build_index(database, config, progress=False)
+        build_s = time.perf_counter() - start
+        rss_delta = rss_bytes() - rss_before
+        size = serialized_bytes(index)
+        name, values = sweeps.get(kind, (None, [None]))
+        for value in values:
+            label = kind
+            if name is not None:
+                apply_search_params(index, dataclasses.replace(config, **{name: value}))
+                label = f"{kind} {name}={value}"
+            limit = args.slow_queries_num if kind == "flat-fp16" else None
+            search_s, ids, scaled = time_search(index, queries, 1, limit)
+            top1 = ids[:, 0]
+            hits = places[top1] == query_places[: len(top1)]
+            if kind == "flat":
+                exact_top1, exact_hits = top1, hits
+            r1, exact_r1 = float(np.mean(hits)) * 100, float(np.mean(exact_hits[: len(top1)])) * 100
+            agree = float(np.mean(top1 == exact_top1[: len(top1)])) * 100
+            rows.append((label, build_s, search_s, scaled, size, rss_delta, r1, 100 * r1 / exact_r1, agree))
+            print(f"  {label}: build {build_s:.0f} s, search {search_s:.2f} s", flush=True)
+        del index
+
+    flat_search, flat_size = rows[0][2], rows[0][4]
+    header = (f"{'index':<22} {'build s':>8} {'search s':>9} {'speed-up':>8} {'index MB':>9} {'mem ratio':>9} "
+              f"{'RSS+ MB':>8} {'R@1':>6} {'R@1 rel':>7} {'top1=exact':>10}")
+    print(header)
+    print("-" * len(header))
+    for label, build_s, search_s, scaled, size, rss_delta, r1, rel, agree in rows:
+        mark = "*" if scaled else " "
+        print(f"{label:<22} {build_s:8.1f} {search_s:8.2f}{mark} {flat_search / search_s:7.1f}x {size / 2**20:9.0f} "
+              f"{size / flat_size:9.3f} {rss_delta / 2**20:8.0f} {r1:6.1f} {rel:6.1f}% {agree:9.1f}%")
+    if any(row[3] for row in rows):
+        print("* timed on --slow-queries-num queries and scaled to all queries")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"peak RSS of the run: {peak:.1f} GiB; total {time.perf_counter() - run_start:.0f} s")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+if __name__ == "__main__":
+    main()
