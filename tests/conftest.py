@@ -7,6 +7,19 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and spinning OpenMP threads make the run
+    very slow when other processes share the cores; one thread keeps these tests fast anywhere.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> Path:
     """A synthetic world of the ``tiny`` preset (3 cities, 64 px, ~1.8 k images), built once per session.

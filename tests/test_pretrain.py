@@ -11,14 +11,7 @@ from progeo.config import PretrainConfig
 from progeo.errors import DatasetError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and spinning OpenMP threads make the run
-    very slow when other processes share the cores; one thread keeps these tests fast anywhere."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_pretraining_beats_chance_and_saves_loadable_weights(tiny_world, tmp_path):

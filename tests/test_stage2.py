@@ -13,14 +13,7 @@ from progeo.config import Stage1Config, Stage2Config
 from progeo.errors import ConfigError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and spinning OpenMP threads make the run
-    very slow when other processes share the cores; one thread keeps these tests fast anywhere."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
