@@ -86,14 +86,18 @@ def make_database(centres: np.ndarray, database_num: int, noise: float, rng: np.
 
 
 def time_search(index, queries: np.ndarray, k: int, limit: int | None) -> tuple[float, np.ndarray, bool]:
+    """Best of up to 3 runs (fewer when a run takes over 10 s): the machine may be shared."""
     subset = queries if limit is None or limit >= len(queries) else queries[:limit]
-    start = time.perf_counter()
-    _, ids = search(index, subset, k)
-    seconds = time.perf_counter() - start
+    best, spent, runs = float("inf"), 0.0, 0
+    while runs < 3 and (runs == 0 or spent < 10.0):
+        start = time.perf_counter()
+        _, ids = search(index, subset, k)
+        seconds = time.perf_counter() - start
+        best, spent, runs = min(best, seconds), spent + seconds, runs + 1
     scaled = len(subset) < len(queries)
     if scaled:  # accuracy on the subset, time extrapolated linearly (every query scans all codes)
-        seconds *= len(queries) / len(subset)
-    return seconds, ids, scaled
+        best *= len(queries) / len(subset)
+    return best, ids, scaled
 
 
 def main() -> None:
