@@ -270,8 +270,10 @@ def load_index(path: str | os.PathLike, mmap: bool = True) -> tuple[faiss.Index,
         raise DatasetError(f"index config {config_path(path)} is missing or invalid ({exc}): rebuild the index") from exc
     index = None
     if mmap:
+        # IO_FLAG_MMAP_IFC maps the codes of flat, scalar-quantizer, HNSW storage and IVF lists
+        # alike (faiss >= 1.8); plain IO_FLAG_MMAP maps IVF lists only. Measured: ~0 RSS at load.
         try:
-            index = faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC)
+            index = faiss.read_index(path, getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP))
         except RuntimeError as exc:
             logger.info("cannot memory-map %s (%s); reading it into memory", path, str(exc).splitlines()[0])
     if index is None:
