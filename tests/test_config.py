@@ -12,7 +12,9 @@ from progeo.errors import ConfigError
 
 def test_paper_defaults():
     s1, s2 = Stage1Config(), Stage2Config()
-    assert (s1.lr, s1.batch_size, s1.epochs, s1.groups_num, s1.temperature) == (0.01, 512, 480, 1, 1.0)
+    assert (s1.lr, s1.batch_size, s1.epochs, s1.temperature) == (0.01, 512, 480, 1.0)
+    # stage 1 learns prompts for the groups stage 2 trains (8; the authors' README runs stage 1 with 1)
+    assert s1.groups_num == s2.groups_num == 8
     assert s1.template == "A photo of a X X X X street."
     assert (s2.lr, s2.classifiers_lr, s2.batch_size, s2.epochs, s2.iterations_per_epoch) == (1e-5, 0.01, 32, 64, 10_000)
     assert (s2.cosface_s, s2.cosface_m, s2.label_smoothing, s2.groups_num, s2.image_size) == (30.0, 0.4, 0.1, 8, 512)

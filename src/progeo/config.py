@@ -46,6 +46,25 @@ class RunConfig:
 
 
 @dataclass
+class ResumeFields:
+    """Checkpointing and resuming (:mod:`progeo.train.resume`); every training stage has them."""
+
+    checkpoint_every: int = 1000  # also save the resumable state every N steps of an epoch (0: epoch ends only)
+    resume: str | None = None  # a run folder to continue from its last checkpoint
+    overwrite: bool = False  # start afresh in an out_dir that already holds a run (its logs and state are deleted)
+    stop_after: int | None = None  # debug: stop (as if killed) after this many training steps of this process
+
+    def check(self) -> None:
+        super().check()
+        _positive(self, "checkpoint_every", allow_zero=True)
+        if self.stop_after is not None and self.stop_after < 1:
+            raise ConfigError(f"stop_after={self.stop_after} must be >= 1 (or unset)")
+        if self.resume and self.overwrite:
+            raise ConfigError(f"resume={self.resume!r} and overwrite contradict each other: drop --overwrite to "
+                              "continue the run, or drop --resume to start it again")
+
+
+@dataclass
 class GroupsFields:
     """CosPlace partition (SPEC 1.2); turned into :class:`progeo.data.groups.GroupsConfig`."""
 
@@ -63,7 +82,7 @@ class GroupsFields:
 
 
 @dataclass
-class PretrainConfig(RunConfig):
+class PretrainConfig(ResumeFields, RunConfig):
     """CLIP pretraining from scratch on a synthetic world's captions (``WORLD/captions.tsv``)."""
 
     world: str = ""  # synthetic world folder (captions.tsv, labels.csv, train/, val/, test/)
@@ -106,12 +125,15 @@ class ModelFields:
 
 
 @dataclass
-class Stage1Config(GroupsFields, ModelFields, RunConfig):
+class Stage1Config(GroupsFields, ModelFields, ResumeFields, RunConfig):
     """ProGEO stage 1: learn one prompt learner per group on cached, frozen image features."""
 
     train_set: str = ""  # training folder of @-named images
     out_dir: str = "runs/stage1"
-    groups_num: int = 1  # the authors' README runs stage 1 with 1 group
+    # The authors' README runs stage 1 with 1 group, but stage 2 trains 8 and needs prompts for every
+    # group it trains, so their defaults do not chain. We default to stage 2's 8 groups; the 480 epochs
+    # are spread over them (epoch e trains group e mod groups_num, 60 epochs per group).
+    groups_num: int = 8  # groups that get prompts (stage 2's default; the authors' README uses 1)
     epochs: int = 480  # in total; epoch e trains group e mod groups_num
     batch_size: int = 512
     lr: float = 0.01
@@ -136,7 +158,7 @@ class Stage1Config(GroupsFields, ModelFields, RunConfig):
 
 
 @dataclass
-class Stage2Config(GroupsFields, ModelFields, RunConfig):
+class Stage2Config(GroupsFields, ModelFields, ResumeFields, RunConfig):
     """ProGEO stage 2: train the image encoder with CosFace + the prompts' text features."""
 
     train_set: str = ""
@@ -180,10 +202,6 @@ class Stage2Config(GroupsFields, ModelFields, RunConfig):
     eval_batch_size: int = 64
     recall_values: tuple[int, ...] = (1, 5, 10, 20)
     positive_dist: float = 25.0
-    # checkpoints and debugging
-    checkpoint_every: int = 1000  # also save the resumable state every N iterations (0: epoch ends only)
-    resume: str | None = None  # a run folder to continue
-    stop_after: int | None = None  # debug: stop (as if killed) after this many iterations of this process
 
     def check(self) -> None:
         super().check()
@@ -192,7 +210,7 @@ class Stage2Config(GroupsFields, ModelFields, RunConfig):
             _positive(self, name)
         for name in ("lr", "classifiers_lr", "cosface_s"):
             _positive(self, name)
-        for name in ("text_loss_weight", "triplet_weight", "checkpoint_every", "cosface_m", "brightness",
+        for name in ("text_loss_weight", "triplet_weight", "cosface_m", "brightness",
                      "contrast", "saturation"):
             _positive(self, name, allow_zero=True)
         if not 0 <= self.hue <= 0.5:
@@ -210,8 +228,6 @@ class Stage2Config(GroupsFields, ModelFields, RunConfig):
             raise ConfigError(f"freeze_cnn={self.freeze_cnn} must be between 0 and 4")
         if self.freeze_trans < 0:
             raise ConfigError(f"freeze_trans={self.freeze_trans} must be >= 0")
-        if self.stop_after is not None and self.stop_after < 1:
-            raise ConfigError(f"stop_after={self.stop_after} must be >= 1 (or unset)")
         if not self.recall_values or min(self.recall_values) < 1:
             raise ConfigError(f"recall_values={self.recall_values} must be positive integers, e.g. 1 5 10 20")
 
@@ -348,5 +364,5 @@ def save_config(cfg, path: str | Path) -> Path:
     return Path(path)
 
 
-__all__ = ["RunConfig", "PretrainConfig", "Stage1Config", "Stage2Config", "load_config", "config_from_dict",
-           "read_config_file", "save_config", "config_to_dict", "config_fields", "coerce_value"]
+__all__ = ["RunConfig", "ResumeFields", "PretrainConfig", "Stage1Config", "Stage2Config", "load_config",
+           "config_from_dict", "read_config_file", "save_config", "config_to_dict", "config_fields", "coerce_value"]

@@ -191,7 +191,8 @@ def _run_demo(cfg: DemoConfig) -> DemoResult:
     result.reports = validate_world(world)
     lap("validate")
 
-    common = dict(device=device, seed=cfg.seed, progress=True, tensorboard=False, threads=b.threads)
+    # the demo redoes every run in its own folder: replacing the previous demo's runs is intended
+    common = dict(device=device, seed=cfg.seed, progress=True, tensorboard=False, threads=b.threads, overwrite=True)
     pre = run_pretrain(PretrainConfig(world=str(world), backbone=b.backbone, out_dir=str(out / "pretrain"),
                                       epochs=b.pretrain_epochs, **common))
     result.pretrain_zeroshot = {"city_top1": pre.zeroshot_accuracy, "before": pre.zeroshot_before, "chance": pre.chance}

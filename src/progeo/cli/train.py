@@ -2,8 +2,9 @@
 
 Every field of the stage's config dataclass (:mod:`progeo.config`) is a flag (``--field-name``;
 booleans also as ``--no-field-name``; ``none`` for optional values); ``--config FILE`` reads a
-YAML/JSON file first and the flags given override it. ``--resume RUN`` (stage 2) takes the
-run's own ``config.json`` as the file when no ``--config`` is given.
+YAML/JSON file first and the flags given override it. ``--resume RUN`` (every stage) takes the
+run's own ``config.json`` as the file when no ``--config`` is given, after checking that RUN is a
+run of that stage (:mod:`progeo.train.resume`).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def register(subparsers) -> None:
         "pretrain", help="pretrain a tiny CLIP from scratch on a synthetic world's captions",
         description="Contrastive image-text pretraining (CLIP loss, learned temperature) of a small open_clip "
                     "architecture on WORLD/captions.tsv; reports zero-shot city accuracy on the held-out images and "
-                    "writes RUN/clip.safetensors for --backbone ARCH --weights FILE.")
+                    "writes RUN/clip.safetensors for --backbone ARCH --weights FILE; resumable with --resume RUN.")
     p.add_argument("--config", help="YAML/JSON file of options (flags override it)")
     add_config_flags(p, PretrainConfig)
     p.set_defaults(func=_pretrain)
@@ -96,7 +97,8 @@ def register(subparsers) -> None:
     p = stages.add_parser(
         "stage1", help="learn per-class prompts on cached frozen image features",
         description="Stage 1: frozen CLIP; image features of the used groups are cached on disk; one prompt learner "
-                    "per group trained with SupCon image->text + text->image. Writes RUN/prompts.safetensors.")
+                    "per group trained with SupCon image->text + text->image. Writes RUN/prompts.safetensors; "
+                    "resumable with --resume RUN.")
     p.add_argument("--config", help="YAML/JSON file of options (flags override it)")
     add_config_flags(p, Stage1Config)
     p.set_defaults(func=_stage1)
@@ -111,11 +113,32 @@ def register(subparsers) -> None:
     p.set_defaults(func=_stage2)
 
 
+def run_config(cls, args: argparse.Namespace, kind: str):
+    """The config of a stage; with ``--resume RUN``, RUN's own config.json (checked to be a ``kind`` run)
+    under the flags given, writing to RUN."""
+    from progeo.train.resume import read_run_config
+
+    resume = getattr(args, "resume", None)
+    config_file = None
+    if resume and not args.config:
+        read_run_config(resume, kind)  # a clear error unless RUN is a run of this stage
+        config_file = f"{resume}/config.json"
+    cfg = config_from_args(cls, args, config_file)
+    if resume:
+        cfg = dataclasses.replace(cfg, out_dir=resume, resume=resume)
+    return cfg
+
+
 def _pretrain(args: argparse.Namespace) -> int:
     from progeo.config import PretrainConfig
     from progeo.train.pretrain import run_pretrain
 
-    r = run_pretrain(config_from_args(PretrainConfig, args))
+    r = run_pretrain(run_config(PretrainConfig, args, "pretrain"))
+    if r.stopped:
+        print(f"stopped early (stop_after) after {len(r.epoch_losses)} full epoch(s); resume with --resume {r.run_dir}")
+        return 0
+    if r.already_finished:
+        print(f"{r.run_dir} had already finished; nothing was trained or changed")
     print(f"zero-shot city top-1: {r.zeroshot_before:.1f}% (random init) -> {r.zeroshot_accuracy:.1f}% "
           f"(chance {r.chance:.1f}%) in {r.seconds:.0f} s")
     print(f"checkpoint: {r.checkpoint}")
@@ -126,7 +149,12 @@ def _stage1(args: argparse.Namespace) -> int:
     from progeo.config import Stage1Config
     from progeo.train.stage1 import run_stage1
 
-    r = run_stage1(config_from_args(Stage1Config, args))
+    r = run_stage1(run_config(Stage1Config, args, "stage1"))
+    if r.stopped:
+        print(f"stopped early (stop_after) after {len(r.epoch_losses)} full epoch(s); resume with --resume {r.run_dir}")
+        return 0
+    if r.already_finished:
+        print(f"{r.run_dir} had already finished; nothing was trained or changed")
     first, last = (r.epoch_losses[0], r.epoch_losses[-1]) if r.epoch_losses else (float("nan"),) * 2
     print(f"stage 1: loss {first:.4f} -> {last:.4f} over {len(r.epoch_losses)} epochs in {r.seconds:.0f} s "
           f"(feature cache {'hit' if r.cache_hit else 'written'}: {r.feature_cache})")
@@ -135,22 +163,11 @@ def _stage1(args: argparse.Namespace) -> int:
 
 
 def _stage2(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from progeo.config import Stage2Config
-    from progeo.errors import ConfigError
     from progeo.eval.recall import RecallResult, format_recall_table
     from progeo.train.stage2 import run_stage2
 
-    config_file = None
-    resume = getattr(args, "resume", None)
-    if resume and not args.config:
-        config_file = Path(resume) / "config.json"
-        if not config_file.is_file():
-            raise ConfigError(f"--resume {resume}: no config.json there; give the folder of a stage-2 run")
-    cfg = config_from_args(Stage2Config, args, config_file)
-    if resume:
-        cfg = dataclasses.replace(cfg, out_dir=resume, resume=resume)
+    cfg = run_config(Stage2Config, args, "stage2")
     r = run_stage2(cfg)
     if r.stopped:
         print(f"stopped after {r.iterations_done} iterations (stop_after); continue with --resume {r.run_dir}")

@@ -6,15 +6,17 @@ open_clip architecture (``tiny-vit``/``tiny-rn``, random init) trained with the 
 ``ClipLoss``) on the captions of the world's train images (``WORLD/captions.tsv``:
 ``path<TAB>caption``, paths relative to the world folder). Zero-shot city classification of
 the held-out val/test images (``WORLD/labels.csv``: ``path,lat,lon,city,country``) is measured
-before and after, and written to the log and ``RUN/metrics.json``.
+before and after, and written to the log and ``RUN/metrics.json`` (:mod:`progeo.train.pretrain_data`).
 
 Output: ``RUN/clip.safetensors``, an open_clip state dict that
-``load_clip(arch, weights=PATH)`` / ``--backbone tiny-vit --weights PATH`` load.
+``load_clip(arch, weights=PATH)`` / ``--backbone tiny-vit --weights PATH`` load. The resumable
+training state (``RUN/checkpoints/state.safetensors``: model, AdamW, RNG, epoch, step, losses) is
+written atomically after every epoch and every ``checkpoint_every`` steps; ``resume=RUN``
+continues it exactly (:mod:`progeo.train.resume`).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import time
@@ -30,86 +32,39 @@ from progeo.device import autocast, resolve_device
 from progeo.errors import ConfigError, DatasetError
 from progeo.io import atomic_path
 from progeo.train.augment import AugmentConfig, BatchAugment
-from progeo.train.loop import check_finite, cosine_lr, seed_everything, set_lr, torch_generator
+from progeo.train.loop import check_finite, cosine_lr, optimizer_to, seed_everything, set_lr, torch_generator
+from progeo.train.pretrain_data import read_captions, read_city_labels, zeroshot_accuracy
+from progeo.train.resume import (Stopped, load_training_state, prepare_out_dir, save_training_state,
+                                 state_mismatch)
 from progeo.train.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "clip.safetensors"
-HELD_OUT = ("val/", "test/")
 
 
 @dataclass
 class PretrainResult:
-    checkpoint: Path
+    checkpoint: Path | None  # None when the run stopped early
     run_dir: Path
     zeroshot_before: float  # top-1 % of the random initialisation
-    zeroshot_accuracy: float  # top-1 % after pretraining, held-out val+test images
+    zeroshot_accuracy: float  # top-1 % after pretraining, held-out val+test images (nan when stopped early)
     chance: float  # 100 / number of cities
     zeroshot_per_folder: dict[str, float] = field(default_factory=dict)
     epoch_losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    stopped: bool = False  # stop_after ended the run early (as if it had been killed)
+    already_finished: bool = False  # resumed a finished run: nothing was trained or written
 
 
-def read_captions(world: Path, prefix: str = "train/") -> tuple[list[str], list[str]]:
-    """(absolute paths, captions) of the world's images whose path starts with ``prefix``."""
-    path = world / "captions.tsv"
-    if not path.is_file():
-        raise DatasetError(f"{path} does not exist; pretraining needs a synthetic world made by `progeo synth` "
-                           "(captions.tsv: one 'path<TAB>caption' line per image)")
-    paths, captions = [], []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line:
-                continue
-            rel, sep, text = line.partition("\t")
-            if not sep or not text.strip():
-                raise DatasetError(f"{path} line {n}: expected 'path<TAB>caption', got {line[:80]!r}")
-            if rel.startswith(prefix):
-                paths.append(str(world / rel))
-                captions.append(text.strip())
-    if not paths:
-        raise DatasetError(f"{path} has no caption for images under {prefix!r}; regenerate the world")
-    return paths, captions
-
-
-def read_city_labels(world: Path) -> tuple[list[str], np.ndarray, list[tuple[str, str]], list[str]]:
-    """Held-out images: (absolute paths, city label ids, [(city, country)] classes, folder per image)."""
-    path = world / "labels.csv"
-    if not path.is_file():
-        raise DatasetError(f"{path} does not exist; it lists path,lat,lon,city,country of the world's images")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("path", "").startswith(HELD_OUT)]
-    missing = {"path", "city", "country"} - set(rows[0] if rows else {})
-    if not rows or missing:
-        raise DatasetError(f"{path} has no val/test rows with path, city and country columns; regenerate the world")
-    classes = sorted({(r["city"], r["country"]) for r in rows})
-    index = {c: i for i, c in enumerate(classes)}
-    labels = np.array([index[(r["city"], r["country"])] for r in rows], dtype=np.int64)
-    folders = [r["path"].rsplit("/", 1)[0] if r["path"].startswith("test/") else "val" for r in rows]
-    return [str(world / r["path"]) for r in rows], labels, classes, folders
-
-
-def zeroshot_accuracy(model, tokenizer, images: torch.Tensor, labels: np.ndarray, classes, template: str,
-                      mean, std, device, batch_size: int = 256) -> np.ndarray:
-    """Per-image correctness (bool array) of zero-shot classification into ``classes``, by GEM's zero-shot
-    rule (:mod:`progeo.geo.zeroshot`: prompt-ensembled class texts, cosine similarity, best class)."""
-    from progeo.geo.zeroshot import ensemble_text_features, zeroshot_scores
-
-    model.eval()
-    texts = [template.format(city=c, country=k) for c, k in classes]
-    with torch.no_grad():
-        t = model.encode_text(tokenizer(texts).to(device)).float().cpu().numpy()
-        feats = []
-        for start in range(0, len(images), batch_size):
-            x = images[start : start + batch_size].to(device).float() / 255.0
-            x = (x - torch.tensor(mean, device=device).view(1, 3, 1, 1)) / torch.tensor(std, device=device).view(1, 3, 1, 1)
-            with autocast(device):
-                feats.append(model.encode_image(x).float().cpu())
-    model.train()
-    scores = zeroshot_scores(torch.cat(feats).numpy(), ensemble_text_features(t[:, None, :]))
-    return scores.argmax(1) == labels
+@dataclass
+class _Progress:
+    epoch: int = 0  # the epoch being trained
+    step: int = 0  # next step of ``epoch``
+    losses: list[float] = field(default_factory=list)  # mean loss of every finished epoch
+    total: float = 0.0  # loss sum of the steps done in ``epoch``
+    before: float = float("nan")  # zero-shot top-1 % of the random initialisation
+    session_steps: int = 0  # steps run by this call (not saved)
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -128,7 +83,7 @@ def _load_images(paths: list[str], size: int, cfg: PretrainConfig) -> torch.Tens
 
 
 def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
-    """Pretrain a tiny CLIP on ``cfg.world``; returns the checkpoint path and the zero-shot accuracies."""
+    """Pretrain (or, with ``cfg.resume``, continue pretraining) a tiny CLIP on ``cfg.world``."""
     from progeo.train.loop import cpu_threads
 
     with cpu_threads(cfg.threads):
@@ -139,20 +94,21 @@ def _pretrain(cfg: PretrainConfig) -> PretrainResult:
     from open_clip.loss import ClipLoss
 
     from progeo.models.backbones import image_size_of, load_clip, set_image_size
-
-    cfg.check()
     from progeo.train.ddp import launched_by_torchrun
 
+    cfg.check()
     if launched_by_torchrun():
         raise ConfigError("pretraining runs in one process; start it without torchrun (only stage 2 is distributed)")
     if not cfg.world:
         raise DatasetError("pretraining needs a synthetic world folder: --world DIR (make one with `progeo synth`)")
     t0 = time.perf_counter()
+    start = prepare_out_dir(cfg, "pretrain", outputs=(CHECKPOINT_NAME,), tables=("epochs",))
+    if start.finished is not None:
+        return _finished(start.path, start.finished)
     world = Path(cfg.world)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    run = RunDir(cfg.out_dir, tensorboard=cfg.tensorboard)
-    run.save_config(cfg)
+    run = RunDir(start.path, tensorboard=cfg.tensorboard)
     train_paths, captions = read_captions(world)
     if cfg.max_images is not None and cfg.max_images < len(train_paths):
         keep = np.sort(np.random.default_rng(cfg.seed).choice(len(train_paths), cfg.max_images, replace=False))
@@ -173,10 +129,10 @@ def _pretrain(cfg: PretrainConfig) -> PretrainResult:
     mean, std = clip.preprocess.mean, clip.preprocess.std
     train_images = _load_images(train_paths, cfg.image_size, cfg)
     eval_images = _load_images(eval_paths, cfg.image_size, cfg)
-    before = zeroshot_accuracy(model, tokenizer, eval_images, eval_labels, classes, cfg.zeroshot_template, mean, std,
-                               device, cfg.eval_batch_size).mean() * 100
-    log.info("pretraining %s from scratch on %d captioned images at %d px; zero-shot before: %.1f%% (chance %.1f%%)",
-             clip.arch, len(train_paths), cfg.image_size, before, 100 / len(classes))
+
+    def zeroshot() -> np.ndarray:
+        return zeroshot_accuracy(model, tokenizer, eval_images, eval_labels, classes, cfg.zeroshot_template, mean, std,
+                                 device, cfg.eval_batch_size)
 
     augment = BatchAugment(AugmentConfig(out_size=(cfg.image_size, cfg.image_size), mean=mean, std=std,
                                          brightness=0.4 if cfg.augment else 0, contrast=0.4 if cfg.augment else 0,
@@ -186,31 +142,70 @@ def _pretrain(cfg: PretrainConfig) -> PretrainResult:
     batch = min(cfg.batch_size, len(train_paths))
     steps_per_epoch = len(train_paths) // batch
     total = steps_per_epoch * cfg.epochs
-    losses: list[float] = []
-    model.train()
-    step = 0
-    for epoch in tqdm(range(cfg.epochs), desc="pretrain", unit="epoch", disable=not cfg.progress):
-        order = torch.randperm(len(train_paths), generator=torch_generator(cfg.seed, epoch))
-        running = 0.0
-        for b in range(steps_per_epoch):
-            idx = order[b * batch : (b + 1) * batch]
-            set_lr(optimizer, cosine_lr(step, total, cfg.lr, warmup=min(cfg.warmup_steps, total // 5)))
-            x = augment(train_images[idx].to(device), torch_generator(cfg.seed, epoch, b, 3))
-            with autocast(device, enabled=cfg.amp):
-                img_f, txt_f, scale = model(x, tokens[idx].to(device))[:3]
-            loss = loss_fn(img_f.float(), txt_f.float(), scale.float())
-            running += check_finite(loss, where=f"pretraining epoch {epoch} step {b}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, float(np.log(100.0)))
-            step += 1
-        losses.append(running / max(steps_per_epoch, 1))
-        run.log("epochs", {"epoch": epoch, "loss": losses[-1], "logit_scale": float(model.logit_scale.detach().exp())}, step=epoch)
+    if start.state_path is not None:
+        progress = _restore(start.state_path, model, optimizer, device)
+        run.drop_rows_after("epochs", "epoch", progress.epoch - 1)
+        log.info("resuming %s at epoch %d, step %d", run.path, progress.epoch, progress.step)
+    else:
+        progress = _Progress(before=float(zeroshot().mean() * 100))
+    run.save_config(cfg)
+    log.info("pretraining %s from scratch on %d captioned images at %d px; zero-shot before: %.1f%% (chance %.1f%%)",
+             clip.arch, len(train_paths), cfg.image_size, progress.before, 100 / len(classes))
 
-    correct = zeroshot_accuracy(model, tokenizer, eval_images, eval_labels, classes, cfg.zeroshot_template, mean, std,
-                                device, cfg.eval_batch_size)
+    def save() -> None:
+        save_training_state(run.state_path, "pretrain", epoch=progress.epoch, step=progress.step,
+                            losses=progress.losses, total=progress.total, before=progress.before,
+                            model=model.state_dict(), optimizer=optimizer.state_dict())
+
+    model.train()
+    bar = tqdm(total=cfg.epochs, initial=progress.epoch, desc="pretrain", unit="epoch", disable=not cfg.progress)
+    try:
+        while progress.epoch < cfg.epochs:
+            epoch = progress.epoch
+            order = torch.randperm(len(train_paths), generator=torch_generator(cfg.seed, epoch))
+            while progress.step < steps_per_epoch:
+                b = progress.step
+                idx = order[b * batch : (b + 1) * batch]
+                set_lr(optimizer, cosine_lr(epoch * steps_per_epoch + b, total, cfg.lr,
+                                            warmup=min(cfg.warmup_steps, total // 5)))
+                x = augment(train_images[idx].to(device), torch_generator(cfg.seed, epoch, b, 3))
+                with autocast(device, enabled=cfg.amp):
+                    img_f, txt_f, scale = model(x, tokens[idx].to(device))[:3]
+                loss = loss_fn(img_f.float(), txt_f.float(), scale.float())
+                progress.total += check_finite(loss, where=f"pretraining epoch {epoch} step {b}",
+                                               checkpoint=str(run.state_path) if run.state_path.exists() else None)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                with torch.no_grad():
+                    model.logit_scale.clamp_(0, float(np.log(100.0)))
+                progress.step += 1
+                progress.session_steps += 1
+                if cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0 \
+                        and progress.step < steps_per_epoch:
+                    save()
+                if cfg.stop_after is not None and progress.session_steps >= cfg.stop_after:
+                    raise Stopped()
+            progress.losses.append(progress.total / max(steps_per_epoch, 1))
+            run.log("epochs", {"epoch": epoch, "loss": progress.losses[-1],
+                               "logit_scale": float(model.logit_scale.detach().exp())}, step=epoch)
+            run.flush()
+            progress.epoch, progress.step, progress.total = epoch + 1, 0, 0.0
+            save()  # after the log row: a run killed in between redoes the epoch and its row
+            bar.update(1)
+            bar.set_postfix(loss=f"{progress.losses[-1]:.3f}")
+    except Stopped:
+        log.warning("stop_after=%d reached: stopping as if the run had been killed", cfg.stop_after)
+        run.close()
+        return PretrainResult(None, run.path, progress.before, float("nan"), 100.0 / len(classes),
+                              epoch_losses=progress.losses, seconds=time.perf_counter() - t0, stopped=True)
+    except BaseException:
+        run.close()
+        raise
+    finally:
+        bar.close()
+
+    correct = zeroshot()
     after = float(correct.mean() * 100)
     per_folder = {f: float(correct[np.array(folders) == f].mean() * 100) for f in sorted(set(folders))}
     checkpoint = run.path / CHECKPOINT_NAME
@@ -222,13 +217,34 @@ def _pretrain(cfg: PretrainConfig) -> PretrainResult:
         save_file(state, str(tmp), metadata={"progeo_pretrain": json.dumps(meta)})
     seconds = time.perf_counter() - t0
     chance = 100.0 / len(classes)
+    losses, before = progress.losses, progress.before
     run.write_metrics({"stage": "pretrain", "arch": clip.arch, "train_images": len(train_paths),
-                       "zeroshot": {"before": float(before), "after": after, "chance": chance, "per_folder": per_folder,
+                       "zeroshot": {"before": before, "after": after, "chance": chance, "per_folder": per_folder,
                                     "classes": [c for c, _ in classes], "images": int(len(eval_labels))},
-                       "epoch_losses": losses, "checkpoint": str(checkpoint), "seconds": seconds})
+                       "epoch_losses": losses, "checkpoint": str(checkpoint), "seconds": seconds, "finished": True})
     run.close()
     log.info("pretraining done in %.1f s: loss %.3f -> %.3f; zero-shot city top-1 %.1f%% -> %.1f%% (chance %.1f%%); "
              "per folder %s; checkpoint %s", seconds, losses[0] if losses else float("nan"),
              losses[-1] if losses else float("nan"), before, after, chance,
              ", ".join(f"{k} {v:.1f}%" for k, v in per_folder.items()), checkpoint)
-    return PretrainResult(checkpoint, run.path, float(before), after, chance, per_folder, losses, seconds)
+    return PretrainResult(checkpoint, run.path, before, after, chance, per_folder, losses, seconds)
+
+
+def _restore(path: Path, model: torch.nn.Module, optimizer, device: torch.device) -> _Progress:
+    saved = load_training_state(path, "pretrain")
+    try:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise state_mismatch(path, exc) from exc
+    optimizer_to(optimizer, device)
+    return _Progress(int(saved["epoch"]), int(saved["step"]), [float(v) for v in saved["losses"]],
+                     float(saved["total"]), float(saved["before"]))
+
+
+def _finished(folder: Path, metrics: dict) -> PretrainResult:
+    """The result of a run that had already finished (nothing is trained or written)."""
+    z = metrics.get("zeroshot", {})
+    return PretrainResult(folder / CHECKPOINT_NAME, folder, float(z.get("before", float("nan"))),
+                          float(z.get("after", float("nan"))), float(z.get("chance", float("nan"))),
+                          dict(z.get("per_folder", {})), list(metrics.get("epoch_losses", [])), already_finished=True)

@@ -65,10 +65,15 @@ class RunDir:
         return self.checkpoints / "state.safetensors"
 
     def save_config(self, cfg) -> None:
+        """Write ``config.json``; the one-off actions (resume, overwrite, stop_after) are stored unset, so
+        ``--resume RUN`` or ``--config RUN/config.json`` does not repeat them."""
         if self.enabled:
+            import dataclasses
+
             from progeo.config import save_config
 
-            save_config(cfg, self.path / "config.json")
+            once = {k: v for k, v in (("resume", None), ("overwrite", False), ("stop_after", None)) if hasattr(cfg, k)}
+            save_config(dataclasses.replace(cfg, **once), self.path / "config.json")
 
     def log(self, table: str, row: dict[str, Any], step: int | None = None) -> None:
         """Append ``row`` to ``<table>.csv`` and its numbers to TensorBoard (at ``step``)."""

@@ -32,6 +32,7 @@ from progeo.losses import label_smoothed_cross_entropy, soft_triplet_loss
 from progeo.train import ddp
 from progeo.train.class_batches import EpochBatches, epoch_loader
 from progeo.train.loop import (check_finite, make_grad_scaler, optimizer_to, seed_everything, torch_generator)
+from progeo.train.resume import prepare_out_dir
 from progeo.train.run_dir import RunDir, load_state, save_state
 from progeo.train.stage2_setup import Stage2Parts, build_parts, evaluate_model
 
@@ -76,13 +77,16 @@ def run_stage2(cfg: Stage2Config) -> Stage2Result:
 
 
 def _run(cfg: Stage2Config, info: ddp.DistInfo, device: torch.device, t0: float) -> Stage2Result:
-    out_dir = cfg.resume or cfg.out_dir
+    start = prepare_out_dir(cfg, "stage2", outputs=(BEST_NAME, LAST_NAME), tables=("epochs", "iterations"),
+                            is_main=info.is_main)
+    ddp.barrier(info)  # every process has checked the folder before the main one writes to it
+    out_dir = start.path
     seed_everything(cfg.seed)
     parts = build_parts(cfg, device, info)
     run = RunDir(out_dir, enabled=info.is_main, tensorboard=cfg.tensorboard)
     state = _State()
-    if cfg.resume:
-        state = _restore(run.state_path, parts, device)
+    if start.state_path is not None:
+        state = _restore(start.state_path, parts, device)
         log.info("resuming %s at epoch %d, iteration %d (best R@1 %.2f)", out_dir, state.epoch, state.iteration, state.best_r1)
         run.drop_rows_after("iterations", "step", state.epoch * cfg.iterations_per_epoch + state.iteration)
         run.drop_rows_after("epochs", "epoch", state.epoch - 1)

@@ -1,0 +1,211 @@
+"""Starting, resuming and protecting run folders; shared by pretraining and both ProGEO stages.
+
+A run folder (:class:`~progeo.train.run_dir.RunDir`) is recognised by its ``config.json``: the
+stage that wrote it is the config class whose fields its keys are (:func:`run_kind`).
+
+- A fresh run (no ``resume``) refuses an ``out_dir`` that already holds a run (a training state,
+  ``metrics.json`` or one of the stage's outputs) unless ``overwrite`` is set, so finished
+  outputs are never replaced by accident; with ``overwrite`` the old logs and state are deleted.
+- ``resume=RUN`` checks that RUN is a run of the same stage whose configuration agrees in every
+  field that decides what is trained (all but :data:`FREE_FIELDS`), then continues from its
+  training state; a run stopped before its first checkpoint starts again from the beginning, and
+  a finished run (``metrics.json`` says ``finished`` and the outputs exist) is left untouched.
+
+Training states are written with :func:`save_training_state` (the stage's fields plus the
+global RNG states and the stage's name) through :func:`~progeo.train.run_dir.save_state`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from progeo.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+KINDS = {"pretrain": ("pretraining", "progeo pretrain"), "stage1": ("stage-1", "progeo train stage1"),
+         "stage2": ("stage-2", "progeo train stage2")}
+
+# Fields a resumed run may change: where and how it runs, logging, caches, the checkpoint options, and
+# what recovers from a NaN stop (learning rates, mixed precision). Every other field must match the run's.
+FREE_FIELDS = frozenset({
+    "out_dir", "device", "amp", "num_workers", "progress", "tensorboard", "threads", "checkpoint_every", "resume",
+    "overwrite", "stop_after", "lr", "classifiers_lr", "groups_cache_dir", "feature_cache_dir", "feature_batch_size",
+    "eval_batch_size", "preload_images", "preload_max_gib", "test_set", "test_queries"})
+PATH_FIELDS = frozenset({"world", "train_set", "val_set", "weights", "prompts"})
+STATE_FILE = Path("checkpoints") / "state.safetensors"
+
+
+class Stopped(Exception):
+    """Raised by a training loop when ``stop_after`` steps ran (a debug stand-in for a killed run)."""
+
+
+def _config_classes() -> dict[str, type]:
+    from progeo.config import PretrainConfig, Stage1Config, Stage2Config
+
+    return {"pretrain": PretrainConfig, "stage1": Stage1Config, "stage2": Stage2Config}
+
+
+def _describe(kind: str | None) -> str:
+    return f"a {KINDS[kind][0]} run" if kind in KINDS else "a run of another kind"
+
+
+def run_kind(config: dict) -> str | None:
+    """The stage (``pretrain``, ``stage1``, ``stage2``) whose config has the keys of ``config``."""
+    from progeo.config import config_fields
+
+    best, overlap = None, 0
+    for kind, cls in _config_classes().items():
+        fields = set(config_fields(cls))
+        if set(config) <= fields and len(fields & set(config)) > overlap:
+            best, overlap = kind, len(fields & set(config))
+    return best
+
+
+def read_run_config(folder: str | os.PathLike, kind: str) -> dict:
+    """The ``config.json`` of run folder ``folder``; :class:`CheckpointError` unless it is a ``kind`` run."""
+    folder = Path(folder)
+    what, command = KINDS[kind]
+    fix = f"give the folder of a {what} run (the --out-dir it wrote to)"
+    if not folder.is_dir():
+        raise CheckpointError(f"--resume {folder}: the folder does not exist, so there is no training state to "
+                              f"continue; {fix}")
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"--resume {folder}: no config.json there, so it is not a run folder (no training "
+                              f"state to continue); {fix}")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"--resume {folder}: {path} cannot be read ({exc}); {fix}") from exc
+    found = run_kind(config) if isinstance(config, dict) else None
+    if found != kind:
+        other = f"; resume it with `{KINDS[found][1]} --resume {folder}`" if found else ""
+        raise CheckpointError(f"--resume {folder}: it holds {_describe(found)}, not {_describe(kind)}{other}, "
+                              f"or {fix}")
+    return config
+
+
+def _same(name: str, a: Any, b: Any) -> bool:
+    if a == b:
+        return True
+    if name in PATH_FIELDS and isinstance(a, str) and isinstance(b, str) and a and b:
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    return False
+
+
+def check_same_run(cfg, saved: dict, folder: str | os.PathLike, kind: str) -> None:
+    """:class:`ConfigError` when ``cfg`` differs from the run's ``saved`` config in a field that matters."""
+    from progeo.config import config_to_dict
+
+    now = config_to_dict(cfg)
+    diff = [(k, saved[k], now[k]) for k in saved
+            if k in now and k not in FREE_FIELDS and not _same(k, saved[k], now[k])]
+    if not diff:
+        return
+    listed = ", ".join(f"{k}={old!r} (now {new!r})" for k, old, new in diff[:4]) + (" ..." if len(diff) > 4 else "")
+    flags = " ".join("--" + k.replace("_", "-") for k, _, _ in diff[:4])
+    raise ConfigError(f"--resume {folder}: the run was made with {listed}; a resumed run keeps the values of "
+                      f"{Path(folder) / 'config.json'} (drop {flags}), or start a new run with another --out-dir")
+
+
+def _read_metrics(folder: Path) -> dict:
+    try:
+        data = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@dataclass
+class RunStart:
+    """Where a run writes and what it continues from (see :func:`prepare_out_dir`)."""
+
+    path: Path
+    state_path: Path | None = None  # the training state to continue from (None: start at the beginning)
+    finished: dict | None = None  # metrics.json of an already finished run: nothing is left to do
+
+
+def prepare_out_dir(cfg, kind: str, *, outputs: tuple[str, ...] = (), tables: tuple[str, ...] = (),
+                    is_main: bool = True) -> RunStart:
+    """Check ``cfg.out_dir`` (fresh run) or ``cfg.resume`` (see the module docstring) before a run writes.
+
+    ``outputs``: the stage's final files/folders inside the run folder; ``tables``: its CSV logs.
+    Only ``is_main`` deletes anything (old logs of an overwritten run or of a run restarted from scratch).
+    """
+    if cfg.resume:
+        folder = Path(cfg.resume)
+        check_same_run(cfg, read_run_config(folder, kind), folder, kind)
+        metrics, has_state = _read_metrics(folder), (folder / STATE_FILE).is_file()
+        # finished: said so by metrics.json, or outputs and metrics without a state (made before states existed)
+        if outputs and all((folder / o).exists() for o in outputs) and (
+                metrics.get("finished") or (metrics and not has_state)):
+            log.info("%s is %s that already finished; nothing to do", folder, _describe(kind))
+            return RunStart(folder, finished=metrics)
+        if has_state:
+            return RunStart(folder, folder / STATE_FILE)
+        log.warning("%s stopped before its first checkpoint: starting it again from the beginning", folder)
+        if is_main:
+            _clear(folder, tables)
+        return RunStart(folder)
+    folder = Path(cfg.out_dir)
+    held = [str(p.relative_to(folder)) for p in (folder / STATE_FILE, folder / "metrics.json",
+                                                 *(folder / o for o in outputs)) if p.exists()]
+    if held and not cfg.overwrite:
+        try:
+            found = run_kind(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError, AttributeError):
+            found = None
+        what = _describe(found) if found else "a run"
+        raise ConfigError(f"--out-dir {folder} already holds {what} ({', '.join(held)}); continue it with "
+                          f"--resume {folder}, replace it with --overwrite, or choose another --out-dir")
+    if is_main and (cfg.overwrite or (folder / "config.json").exists()):
+        _clear(folder, tables)
+    return RunStart(folder)
+
+
+def _clear(folder: Path, tables: tuple[str, ...]) -> None:
+    """Delete the logs and the training state of an old run in ``folder`` (nothing else)."""
+    old = [folder / f"{t}.csv" for t in tables] + [folder / "metrics.json", folder / STATE_FILE]
+    old += sorted((folder / "tensorboard").glob("events.out.tfevents.*"))
+    for path in old:
+        if path.is_file():
+            log.info("deleting %s of the old run", path)
+            path.unlink()
+
+
+def save_training_state(path: str | os.PathLike, kind: str, **fields: Any) -> Path:
+    """Atomically write a training state: ``fields`` (nested dicts/lists/tensors) + global RNG states + ``kind``."""
+    from progeo.train.loop import rng_state
+    from progeo.train.run_dir import save_state
+
+    rng_meta, rng_tensors = rng_state()
+    return save_state(path, {"format_version": 1, "kind": kind, **fields, "rng": rng_meta, "rng_tensors": rng_tensors})
+
+
+def load_training_state(path: str | os.PathLike, kind: str) -> dict:
+    """Read a state written by :func:`save_training_state` for ``kind`` and restore the global RNG states."""
+    from progeo.train.loop import set_rng_state
+    from progeo.train.run_dir import load_state
+
+    saved = load_state(path)
+    if saved.get("kind") != kind:
+        raise CheckpointError(f"{path} is the training state of {_describe(saved.get('kind'))}, not of "
+                              f"{_describe(kind)}; resume the folder with the command that made it")
+    set_rng_state(saved.get("rng", {}), saved.get("rng_tensors", {}))
+    return saved
+
+
+def state_mismatch(path: str | os.PathLike, exc: Exception) -> CheckpointError:
+    """The error for a training state whose tensors do not fit the model the configuration builds."""
+    return CheckpointError(f"training state {path} does not fit this configuration ({exc}); resume with the run's "
+                           "own config.json (same backbone, data and groups), or start a new run with --out-dir")
+
+
+__all__ = ["FREE_FIELDS", "RunStart", "Stopped", "check_same_run", "load_training_state", "prepare_out_dir",
+           "read_run_config", "run_kind", "save_training_state", "state_mismatch"]
