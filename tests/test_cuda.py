@@ -53,15 +53,19 @@ def test_pretrain_stage1_stage2_on_cuda_with_amp(tiny_world, tmp_path):
     from progeo.train.stage1 import run_stage1
     from progeo.train.stage2 import run_stage2
 
-    pre = run_pretrain(PretrainConfig(world=str(tiny_world), backbone="tiny-rn", out_dir=str(tmp_path / "pre"),
-                                      epochs=3, batch_size=64, lr=3e-3, device="cuda", progress=False,
-                                      tensorboard=False))
-    assert pre.epoch_losses[-1] < pre.epoch_losses[0] and pre.zeroshot_accuracy > pre.chance
-    stage1 = run_stage1(Stage1Config(train_set=str(tiny_world / "train"), backbone="tiny-rn",
-                                     weights=str(pre.checkpoint), out_dir=str(tmp_path / "s1"), epochs=8,
-                                     groups_num=1, device="cuda", progress=False, tensorboard=False,
-                                     feature_cache_dir=str(tmp_path / "features"),
-                                     groups_cache_dir=str(tmp_path / "groups")))
+    pre_cfg = PretrainConfig(world=str(tiny_world), backbone="tiny-rn", out_dir=str(tmp_path / "pre"), epochs=3,
+                             batch_size=64, lr=3e-3, device="cuda", progress=False, tensorboard=False)
+    assert run_pretrain(dataclasses.replace(pre_cfg, stop_after=30)).stopped  # killed in epoch 2 ...
+    pre = run_pretrain(dataclasses.replace(pre_cfg, resume=pre_cfg.out_dir))  # ... and resumed on the GPU
+    assert len(pre.epoch_losses) == 3 and pre.epoch_losses[-1] < pre.epoch_losses[0]
+    assert pre.zeroshot_accuracy > pre.chance
+    s1_cfg = Stage1Config(train_set=str(tiny_world / "train"), backbone="tiny-rn", weights=str(pre.checkpoint),
+                          out_dir=str(tmp_path / "s1"), epochs=8, groups_num=1, device="cuda", progress=False,
+                          tensorboard=False, feature_cache_dir=str(tmp_path / "features"),
+                          groups_cache_dir=str(tmp_path / "groups"))
+    assert run_stage1(dataclasses.replace(s1_cfg, stop_after=3)).stopped  # killed early ...
+    stage1 = run_stage1(dataclasses.replace(s1_cfg, resume=s1_cfg.out_dir))  # ... and resumed
+    assert len(stage1.epoch_losses) == 8
     losses = stage1.epoch_losses
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
     cfg = Stage2Config(train_set=str(tiny_world / "train"), val_set=str(tiny_world / "val"), backbone="tiny-rn",
