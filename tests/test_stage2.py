@@ -154,3 +154,45 @@ def test_batched_augmentation_matches_torchvision_per_image():
     assert p["hue"].abs().max() <= 0.5 and p["brightness"].min() >= 0.3 and p["brightness"].max() <= 1.7
     out = augment_batch((x * 255).to(torch.uint8), cfg, sample_params(cfg, 3, (20, 24), torch.Generator().manual_seed(1)))
     assert out.shape == (3, 3, 16, 16) and out.dtype == torch.float32
+
+
+def test_text_features_are_the_learned_prompts_in_the_cosface_label_order(tiny_world, pretrained_tiny_clip, tmp_path):
+    """The text loss compares descriptor i with the text feature of class ``labels[i]`` of the current
+    group: row c of stage 2's text features must be group g's stage-1 prompt of class c, and the labels
+    stage 2's batches carry must be the ones stage 1 learned those prompts with (any mismatch makes the
+    text loss noise). Checked directly: the frozen CLIP features of a stage-2 batch's images are
+    classified by the text features far above chance, and not once the class order is rolled."""
+    from progeo.models.prompts import load_prompts
+    from progeo.models.text_encoder import ClipTextEncoder
+    from progeo.train.class_batches import batch_items
+    from progeo.train.ddp import DistInfo
+    from progeo.train.stage1 import group_features, load_frozen_clip, run_stage1
+    from progeo.train.stage2_setup import build_parts
+
+    weights, backbone = pretrained_tiny_clip
+    model = dict(backbone=backbone, weights=str(weights), groups_cache_dir=str(tmp_path / "groups"))
+    s1_cfg = Stage1Config(train_set=str(tiny_world / "train"), out_dir=str(tmp_path / "stage1"), image_size=None,
+                          epochs=24, batch_size=64, groups_num=2, device="cpu", progress=False, tensorboard=False,
+                          feature_cache_dir=str(tmp_path / "features"), **model)
+    s1 = run_stage1(s1_cfg)
+    parts = build_parts(_cfg(tiny_world, tmp_path, s1.prompts_path, groups_num=2, **model), torch.device("cpu"),
+                        DistInfo())
+    clip = load_frozen_clip(s1_cfg, torch.device("cpu"))
+    encoder = ClipTextEncoder.from_clip(clip).eval()
+    learners, _ = load_prompts(s1.prompts_path, encoder)
+    feats, per_group, _, hit = group_features(clip, parts.groups, s1_cfg, torch.device("cpu"))
+    assert hit  # the features stage 1 learned the prompts on
+    row_of = {int(i): r for r, i in enumerate(np.concatenate([g.all_images()[0] for g in parts.groups]))}
+    accuracy, rolled = [], []
+    for g, group in enumerate(parts.groups):
+        n = len(group)
+        with torch.no_grad():
+            expected = learners[g].text_features(encoder, torch.arange(n)).float()
+        torch.testing.assert_close(parts.text_features[g], expected, rtol=1e-4, atol=1e-4)
+        images, labels = batch_items(group, seed=0, epoch=g, iteration=0, batch_size=12 * n)  # a stage-2 batch
+        x = torch.from_numpy(np.array(feats[[row_of[int(i)] for i in images]])).float()
+        y = torch.from_numpy(labels)
+        accuracy.append(float(((x @ parts.text_features[g].t()).argmax(1) == y).float().mean()) * n)
+        rolled.append(float(((x @ parts.text_features[g].roll(1, 0).t()).argmax(1) == y).float().mean()) * n)
+    # accuracies in units of chance (1 / n): learned prompts in the right order are far above it
+    assert min(accuracy) >= 1.5 and np.mean(accuracy) > np.mean(rolled) + 0.75, (accuracy, rolled)
