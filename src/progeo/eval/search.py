@@ -63,8 +63,9 @@ class IndexConfig:
     """How to index descriptors. ``None`` values are chosen from the database size at build.
 
     The ivfpq defaults were chosen with ``benchmarks/bench_index.py`` (2.8 M x 512, 2 CPU
-    cores): nlist = 4096, m = 128, nprobe = 16 search 1,000 queries ~48x faster than exact
-    float32 search with the same R@1, in 7 % of its memory (serialized), and build in ~4 min.
+    cores): nlist = 4096, m = 128, nprobe = 16 search 1,000 queries 55-64x faster than exact
+    float32 search with the same R@1 (synthetic and trained-model descriptors; README table),
+    in 7 % of its memory (serialized), and build in 4-7 min.
     m = 64 lost ~6 % of R@1; nlist = 2048 was 4x slower to search for ~3 % less R@1;
     nlist = 8192 (4 sqrt(N)) doubles the build time (coarse assignment) on a CPU.
     HNSW is fast and accurate but keeps the float32 vectors (more memory than flat) and takes
