@@ -40,9 +40,9 @@ def world_folder(preset: str, cache: Path, given: dict[str, str]) -> Path:
     return out
 
 
-def run(model, root: Path, batch_size: int, query_batch_size: int | None, workers: int) -> dict:
+def run(model, root: Path, batch_size: int, query_batch_size: int | None, workers: int, device: str = "cpu") -> dict:
     sets = open_test_sets(root / "test", ["all"])
-    cfg = EvalConfig(batch_size=batch_size, query_batch_size=query_batch_size, num_workers=workers, device="cpu",
+    cfg = EvalConfig(batch_size=batch_size, query_batch_size=query_batch_size, num_workers=workers, device=device,
                      progress=False)
     start = time.perf_counter()
     results = evaluate_test_set(model, sets, cfg, model_name="bench")
@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, nargs="+", default=[0], help="decoding processes to try")
     parser.add_argument("--threads", type=int, default=None, help="torch/faiss threads (default: theirs)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     if args.threads:
@@ -75,7 +76,7 @@ def main() -> None:
     given = dict(w.split("=", 1) for w in args.world)
     torch.manual_seed(0)
     model = build_model(args.arch).eval()
-    print(f"{args.arch} ({model.image_size[0]} px input, {model.descriptor_dim}-d), torch threads "
+    print(f"{args.arch} ({model.image_size[0]} px input, {model.descriptor_dim}-d) on {args.device}, torch threads "
           f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     header = (f"{'world':<8} {'db':>6} {'queries':>7} {'workers':>7} {'query batch':>11} {'db img/s':>9} "
               f"{'query img/s':>11} {'all img/s':>9} {'R@1':>6} {'same recalls':>12}")
@@ -84,9 +85,9 @@ def main() -> None:
     for preset in args.presets:
         root = world_folder(preset, Path(args.cache), given)
         for workers in args.workers:
-            run(model, root, args.batch_size, None, workers)  # warm-up: page cache, worker start-up code paths
-            batched = run(model, root, args.batch_size, None, workers)
-            single = run(model, root, args.batch_size, 1, workers)
+            run(model, root, args.batch_size, None, workers, args.device)  # warm-up: page cache, start-up paths
+            batched = run(model, root, args.batch_size, None, workers, args.device)
+            single = run(model, root, args.batch_size, 1, workers, args.device)
             for label, r in ((str(args.batch_size), batched), ("1", single)):
                 same = "yes" if single["recalls"] == batched["recalls"] else "NO"
                 print(f"{preset:<8} {r['database']:>6} {r['queries']:>7} {workers:>7} {label:>11} {r['db_rate']:>9.0f} "

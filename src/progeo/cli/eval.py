@@ -20,7 +20,8 @@ def _decoding(p: argparse.ArgumentParser, batch_size: int = 64) -> None:
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: %(default)s)")
     g.add_argument("--batch-size", type=int, default=batch_size, help="images per batch (default: %(default)s)")
     g.add_argument("--num-workers", type=int, default=None,
-                   help="image decoding processes (default: the usable cores, at most 8; 0: in the main process)")
+                   help="image decoding processes (default: 0 on CPU, where the model needs the cores; the usable "
+                        "cores, at most 8, with a GPU; 0: in the main process)")
     g.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail",
                    help="a truncated or unreadable image stops the run naming the file (fail, default) or is left "
                         "out and counted (skip: out of the database / a miss for a query)")
@@ -115,9 +116,14 @@ def _setup(args) -> str:
     return str(resolve_device(args.device))
 
 
-def _workers(args) -> int:
+def _workers(args, device: str) -> int:
+    """Decoding processes: as asked; else 0 when the model runs on the CPU (measured with
+    benchmarks/bench_eval.py: workers there compete with the model for the same cores and were
+    slower), else the usable cores up to 8 (decoding overlaps the accelerator's work)."""
     if args.num_workers is not None:
         return args.num_workers
+    if device == "cpu":
+        return 0
     return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
@@ -141,7 +147,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     device = _setup(args)
     cfg = EvalConfig(positive_dist=args.positive_dist, recall_values=tuple(args.recall_values), batch_size=args.batch_size,
-                     query_batch_size=args.query_batch_size, num_workers=_workers(args), device=device,
+                     query_batch_size=args.query_batch_size, num_workers=_workers(args, device), device=device,
                      image_size=_size(args), resize_mode=args.resize_mode, on_bad_image=args.on_bad_image,
                      index=IndexConfig(kind=args.index), k=max([*args.recall_values, 5 if args.grids else 1]),
                      progress=args.progress)
@@ -189,7 +195,7 @@ def _index_build(args: argparse.Namespace) -> int:
     device = _setup(args)
     model = load_model_or_backbone(args.model, device, _size(args), args.weights)
     s = build_index_folder(model, args.database, args.out, index=IndexConfig(kind=args.index), model_ref=args.model,
-                           batch_size=args.batch_size, device=device, num_workers=_workers(args),
+                           batch_size=args.batch_size, device=device, num_workers=_workers(args, device),
                            on_bad_image=args.on_bad_image, image_size=_size(args), resize_mode=args.resize_mode,
                            progress=args.progress)
     rate = s.count / max(s.seconds["describe"], 1e-9)
@@ -206,7 +212,7 @@ def _localize(args: argparse.Namespace) -> int:
 
     device = _setup(args)
     localizer = Localizer.from_index(args.index, device=device, batch_size=args.batch_size,
-                                     num_workers=_workers(args), on_bad_image=args.on_bad_image, progress=args.progress)
+                                     num_workers=_workers(args, device), on_bad_image=args.on_bad_image, progress=args.progress)
     predictions = localizer.localize_files(expand_photo_paths(args.photos), top_k=args.top_k)
     if predictions:
         print(format_predictions_table(predictions))
