@@ -86,8 +86,16 @@ def test_batches_in_order(image_folder):
     assert seen == [((2, 3, 64, 96), [0, 1]), ((2, 3, 64, 96), [2, 3]), ((1, 3, 64, 96), [4])]
 
 
+@pytest.fixture
+def workers_for_small_sets(monkeypatch):
+    """Start decoding workers even for a couple of batches, so the worker path is exercised."""
+    import progeo.data.images
+
+    monkeypatch.setattr(progeo.data.images, "BATCHES_PER_WORKER", 1)
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_bad_image_fail(image_folder, num_workers):
+def test_bad_image_fail(image_folder, num_workers, workers_for_small_sets):
     paths, truncated, not_image = image_folder
     for bad in (truncated, not_image):
         batches = iter_image_batches([paths[0], bad, paths[1]], 32, batch_size=2, num_workers=num_workers)
@@ -98,10 +106,11 @@ def test_bad_image_fail(image_folder, num_workers):
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_bad_image_skip(image_folder, num_workers, caplog):
+def test_bad_image_skip(image_folder, num_workers, caplog, workers_for_small_sets):
     paths, truncated, not_image = image_folder
     inputs = [paths[0], truncated, paths[1], paths[2], not_image, paths[3]]
     batches = iter_image_batches(inputs, 32, batch_size=2, num_workers=num_workers, on_bad_image="skip")
+    assert batches.effective_workers == num_workers
     with caplog.at_level(logging.WARNING, logger="progeo.data.images"):
         got = [(images.shape[0], indices.tolist()) for images, indices in batches]
     assert got == [(1, [0]), (2, [2, 3]), (1, [5])]
@@ -109,6 +118,16 @@ def test_bad_image_skip(image_folder, num_workers, caplog):
     assert batches.skipped_paths == [str(truncated), str(not_image)]
     logged = caplog.text
     assert str(truncated) in logged and str(not_image) in logged
+
+
+def test_workers_are_started_only_for_enough_batches(image_folder):
+    from progeo.data.images import BATCHES_PER_WORKER
+
+    paths = image_folder[0]
+    assert iter_image_batches(paths, 32, batch_size=1, num_workers=4).effective_workers == len(paths) // BATCHES_PER_WORKER
+    many = paths * (3 * BATCHES_PER_WORKER)  # 3 workers' worth of batches per image ...
+    assert iter_image_batches(many, 32, batch_size=1, num_workers=2).effective_workers == 2  # ... capped by the ask
+    assert iter_image_batches(many, 32, batch_size=1, num_workers=0).effective_workers == 0
 
 
 def test_all_bad_batch_is_not_yielded(image_folder):
