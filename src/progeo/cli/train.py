@@ -129,16 +129,24 @@ def run_config(cls, args: argparse.Namespace, kind: str):
     return cfg
 
 
+def _stopped_or_finished(r) -> bool:
+    """Print the status of a pretraining / stage-1 run that stopped early or had finished before;
+    True when it stopped early (nothing more to report)."""
+    if r.stopped:
+        print(f"stopped early (stop_after) after {len(r.epoch_losses)} full epoch(s); resume with --resume {r.run_dir}")
+        return True
+    if r.already_finished:
+        print(f"{r.run_dir} had already finished; nothing was trained or changed")
+    return False
+
+
 def _pretrain(args: argparse.Namespace) -> int:
     from progeo.config import PretrainConfig
     from progeo.train.pretrain import run_pretrain
 
     r = run_pretrain(run_config(PretrainConfig, args, "pretrain"))
-    if r.stopped:
-        print(f"stopped early (stop_after) after {len(r.epoch_losses)} full epoch(s); resume with --resume {r.run_dir}")
+    if _stopped_or_finished(r):
         return 0
-    if r.already_finished:
-        print(f"{r.run_dir} had already finished; nothing was trained or changed")
     print(f"zero-shot city top-1: {r.zeroshot_before:.1f}% (random init) -> {r.zeroshot_accuracy:.1f}% "
           f"(chance {r.chance:.1f}%) in {r.seconds:.0f} s")
     print(f"checkpoint: {r.checkpoint}")
@@ -150,11 +158,8 @@ def _stage1(args: argparse.Namespace) -> int:
     from progeo.train.stage1 import run_stage1
 
     r = run_stage1(run_config(Stage1Config, args, "stage1"))
-    if r.stopped:
-        print(f"stopped early (stop_after) after {len(r.epoch_losses)} full epoch(s); resume with --resume {r.run_dir}")
+    if _stopped_or_finished(r):
         return 0
-    if r.already_finished:
-        print(f"{r.run_dir} had already finished; nothing was trained or changed")
     first, last = (r.epoch_losses[0], r.epoch_losses[-1]) if r.epoch_losses else (float("nan"),) * 2
     print(f"stage 1: loss {first:.4f} -> {last:.4f} over {len(r.epoch_losses)} epochs in {r.seconds:.0f} s "
           f"(feature cache {'hit' if r.cache_hit else 'written'}: {r.feature_cache})")

@@ -34,8 +34,8 @@ from progeo.io import atomic_path
 from progeo.train.augment import AugmentConfig, BatchAugment
 from progeo.train.loop import check_finite, cosine_lr, optimizer_to, seed_everything, set_lr, torch_generator
 from progeo.train.pretrain_data import read_captions, read_city_labels, zeroshot_accuracy
-from progeo.train.resume import (Stopped, load_training_state, prepare_out_dir, save_training_state,
-                                 state_mismatch)
+from progeo.train.resume import (EpochProgress, Stopped, load_training_state, prepare_out_dir,
+                                 save_training_state, state_mismatch)
 from progeo.train.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -58,13 +58,8 @@ class PretrainResult:
 
 
 @dataclass
-class _Progress:
-    epoch: int = 0  # the epoch being trained
-    step: int = 0  # next step of ``epoch``
-    losses: list[float] = field(default_factory=list)  # mean loss of every finished epoch
-    total: float = 0.0  # loss sum of the steps done in ``epoch``
+class _Progress(EpochProgress):
     before: float = float("nan")  # zero-shot top-1 % of the random initialisation
-    session_steps: int = 0  # steps run by this call (not saved)
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -153,8 +148,7 @@ def _pretrain(cfg: PretrainConfig) -> PretrainResult:
              clip.arch, len(train_paths), cfg.image_size, progress.before, 100 / len(classes))
 
     def save() -> None:
-        save_training_state(run.state_path, "pretrain", epoch=progress.epoch, step=progress.step,
-                            losses=progress.losses, total=progress.total, before=progress.before,
+        save_training_state(run.state_path, "pretrain", **progress.saved(), before=progress.before,
                             model=model.state_dict(), optimizer=optimizer.state_dict())
 
     model.train()
@@ -238,8 +232,7 @@ def _restore(path: Path, model: torch.nn.Module, optimizer, device: torch.device
     except (RuntimeError, ValueError, KeyError) as exc:
         raise state_mismatch(path, exc) from exc
     optimizer_to(optimizer, device)
-    return _Progress(int(saved["epoch"]), int(saved["step"]), [float(v) for v in saved["losses"]],
-                     float(saved["total"]), float(saved["before"]))
+    return _Progress.from_saved(saved, before=float(saved["before"]))
 
 
 def _finished(folder: Path, metrics: dict) -> PretrainResult:

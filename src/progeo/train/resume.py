@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -209,3 +209,23 @@ def state_mismatch(path: str | os.PathLike, exc: Exception) -> CheckpointError:
 
 __all__ = ["FREE_FIELDS", "RunStart", "Stopped", "check_same_run", "load_training_state", "prepare_out_dir",
            "read_run_config", "run_kind", "save_training_state", "state_mismatch"]
+
+
+@dataclass
+class EpochProgress:
+    """Where a resumable epoch loop stands (pretraining, stage 1); all but ``session_steps`` is saved."""
+
+    epoch: int = 0  # the epoch being trained
+    step: int = 0  # next step (batch) of ``epoch``
+    losses: list[float] = field(default_factory=list)  # mean loss of every finished epoch
+    total: float = 0.0  # loss sum of the steps done in ``epoch``
+    session_steps: int = 0  # steps run by this call (not saved)
+
+    def saved(self) -> dict[str, Any]:
+        """What :func:`save_training_state` stores of it."""
+        return {"epoch": self.epoch, "step": self.step, "losses": self.losses, "total": self.total}
+
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any], **extra: Any) -> "EpochProgress":
+        return cls(int(saved["epoch"]), int(saved["step"]), [float(v) for v in saved["losses"]],
+                   float(saved["total"]), **extra)

@@ -29,8 +29,8 @@ from progeo.errors import ConfigError
 from progeo.losses import image_text_supcon
 from progeo.train.loop import (check_finite, cosine_lr, make_grad_scaler, optimizer_to, seed_everything, set_lr,
                                torch_generator)
-from progeo.train.resume import (Stopped, load_training_state, prepare_out_dir, save_training_state,
-                                 state_mismatch)
+from progeo.train.resume import (EpochProgress, Stopped, load_training_state, prepare_out_dir,
+                                 save_training_state, state_mismatch)
 from progeo.train.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -86,15 +86,6 @@ def run_stage1(cfg: Stage1Config) -> Stage1Result:
         return _stage1(cfg)
 
 
-@dataclass
-class _Progress:
-    epoch: int = 0  # the epoch being trained
-    step: int = 0  # next batch of ``epoch``
-    losses: list[float] = field(default_factory=list)  # mean loss of every finished epoch
-    total: float = 0.0  # loss sum of the batches done in ``epoch``
-    session_steps: int = 0  # batches run by this call (not saved)
-
-
 def _stage1(cfg: Stage1Config) -> Stage1Result:
     from progeo.data.train_sets import TrainSet
     from progeo.models.prompts import PromptLearner
@@ -126,7 +117,7 @@ def _stage1(cfg: Stage1Config) -> Stage1Result:
     params = [p for pl in learners for p in pl.parameters()]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = make_grad_scaler(device, cfg.amp)
-    progress = _Progress()
+    progress = EpochProgress()
     if start.state_path is not None:
         progress = _restore(start.state_path, learners, optimizer, scaler, device)
         run.drop_rows_after("epochs", "epoch", progress.epoch - 1)
@@ -160,7 +151,7 @@ def _stage1(cfg: Stage1Config) -> Stage1Result:
     return _finish(cfg, run, clip, learners, groups, progress.losses, feats.shape[0], cache_file, hit, t0)
 
 
-def _train_epoch(cfg: Stage1Config, progress: _Progress, learner, text_encoder, optimizer, scaler, data, run: RunDir,
+def _train_epoch(cfg: Stage1Config, progress: EpochProgress, learner, text_encoder, optimizer, scaler, data, run: RunDir,
                  saved, device: torch.device) -> None:
     """Train group ``epoch mod groups_num`` for one epoch (from batch ``progress.step``), saving the state."""
     x_all, y_all = data
@@ -197,13 +188,12 @@ def _train_epoch(cfg: Stage1Config, progress: _Progress, learner, text_encoder, 
     _save(run, progress, *saved)  # after the log row: a run killed in between redoes the epoch and its row
 
 
-def _save(run: RunDir, progress: _Progress, learners, optimizer, scaler) -> None:
-    save_training_state(run.state_path, "stage1", epoch=progress.epoch, step=progress.step, losses=progress.losses,
-                        total=progress.total, learners=[pl.state_dict() for pl in learners],
+def _save(run: RunDir, progress: EpochProgress, learners, optimizer, scaler) -> None:
+    save_training_state(run.state_path, "stage1", **progress.saved(), learners=[pl.state_dict() for pl in learners],
                         optimizer=optimizer.state_dict(), scaler=scaler.state_dict())
 
 
-def _restore(path: Path, learners, optimizer, scaler, device: torch.device) -> _Progress:
+def _restore(path: Path, learners, optimizer, scaler, device: torch.device) -> EpochProgress:
     saved = load_training_state(path, "stage1")
     try:
         if len(saved["learners"]) != len(learners):
@@ -216,8 +206,7 @@ def _restore(path: Path, learners, optimizer, scaler, device: torch.device) -> _
     except (RuntimeError, ValueError, KeyError) as exc:
         raise state_mismatch(path, exc) from exc
     optimizer_to(optimizer, device)
-    return _Progress(int(saved["epoch"]), int(saved["step"]), [float(v) for v in saved["losses"]],
-                     float(saved["total"]))
+    return EpochProgress.from_saved(saved)
 
 
 def _finish(cfg: Stage1Config, run: RunDir, clip, learners, groups, losses: list[float], images: int, cache_file,
