@@ -68,6 +68,25 @@ def test_zeroshot_on_a_folder_predicts_without_metrics(cache, pretrained_tiny_cl
     assert not (tmp_path / "o" / "metrics.json").exists()
 
 
+def test_zeroshot_reuses_the_places_text_features(pretrained_tiny_clip, tiny_world, tmp_path, capsys):
+    def run(cache, out, *extra):
+        code = main(["zeroshot", *_model_args(pretrained_tiny_clip), "--images", str(tiny_world / "test" / "queries"),
+                     "--places", str(tiny_world), "--out", str(out), "--device", "cpu", "--cache-dir", str(cache),
+                     "--no-progress", *extra])
+        assert code == 0
+        capsys.readouterr()
+        return (out / "predictions.csv").read_text()
+
+    first = run(tmp_path / "c", tmp_path / "o1")
+    text_files = sorted((tmp_path / "c").glob("text-*.npy"))
+    assert len(text_files) == 1
+    written = text_files[0].stat().st_mtime_ns
+    assert run(tmp_path / "c", tmp_path / "o2") == first  # the cached text features: identical predictions
+    assert text_files[0].stat().st_mtime_ns == written
+    assert run(tmp_path / "off", tmp_path / "o3", "--no-text-cache") == first
+    assert not list((tmp_path / "off").glob("text-*")) and list((tmp_path / "off").glob("*.npy"))
+
+
 def test_probe_fit_then_eval_and_model_mismatch(cache, pretrained_tiny_clip, tiny_world, splits, tmp_path, capsys):
     probe = tmp_path / "probe"
     code = main(["probe", "fit", *_model_args(pretrained_tiny_clip), "--train", str(splits["train"]),

@@ -21,7 +21,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-workers", type=int, default=0, help="image decoding processes (default: %(default)s)")
     g.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail",
                    help="an undecodable image stops the run (fail) or is left out and listed (default: %(default)s)")
-    g.add_argument("--cache-dir", default=None, help="feature cache folder (default: $PROGEO_CACHE_DIR/features "
+    g.add_argument("--cache-dir", default=None, help="feature cache folder: image features, and the places' text "
+                                                     "features of zeroshot (default: $PROGEO_CACHE_DIR/features "
                                                      "or ~/.cache/progeo/features)")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
@@ -61,6 +62,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="write predictions.csv (or .json) and metrics.json here")
     p.add_argument("--predictions-format", choices=("csv", "json"), default="csv")
     _common(p)
+    p.add_argument("--no-text-cache", dest="text_cache", action="store_false",
+                   help="encode the places' texts on every run instead of reusing (and writing) their cached text "
+                        "features in --cache-dir; the cache is keyed by the model's text weights and the exact texts")
     p.set_defaults(func=_zeroshot)
 
     probe = subparsers.add_parser("probe", help="GEM linear probe: fit or evaluate a classifier on frozen CLIP features",
@@ -138,7 +142,8 @@ def _zeroshot(args: argparse.Namespace) -> int:
     cfg = ZeroShotConfig(model=args.model, weights=args.weights, images=args.images, images_dir=args.images_dir,
                          places=places, min_population=args.min_population, level=args.level,
                          country_mode=args.country_mode, country_reduce=args.country_reduce, templates=args.templates,
-                         top_k=args.top_k, out_dir=args.out, predictions_format=args.predictions_format, **_shared(args))
+                         top_k=args.top_k, out_dir=args.out, predictions_format=args.predictions_format,
+                         text_cache=args.text_cache, **_shared(args))
     _print_run(run_zeroshot(cfg), args.out)
     return 0
 

@@ -44,7 +44,7 @@ class ModelSpec:
     weights: str | None  # local weights file, absolute path
     arch: str
     embed_dim: int
-    visual_sha1: str  # SHA-1 of the image tower's tensors (progeo.train.features.weights_fingerprint)
+    visual_sha1: str  # SHA-1 of the image tower's tensors (progeo.cache.weights_fingerprint)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "weights": self.weights, "arch": self.arch, "embed_dim": self.embed_dim,
@@ -72,7 +72,7 @@ class GemModel:
 def load_gem_model(model: str, weights: str | os.PathLike | None = None, device: str = "cpu") -> GemModel:
     """Load ``model`` (``ARCH[:TAG]``) with optional local ``weights`` on ``device``."""
     from progeo.models.backbones import load_clip
-    from progeo.train.features import weights_fingerprint
+    from progeo.cache import weights_fingerprint
 
     if not model or not model.strip():
         raise ConfigError("no model given: pass --model ARCH[:TAG], e.g. ViT-B-32:openai, or tiny-vit --weights FILE")
@@ -126,7 +126,8 @@ def image_features(
     """Cached, L2-normalized CLIP image features of ``paths`` (see the module docstring)."""
     from progeo.data.images import BAD_IMAGE_POLICIES
     from progeo.device import resolve_device
-    from progeo.train.features import cached_image_features, default_feature_cache_dir
+    from progeo.cache import default_feature_cache_dir
+    from progeo.train.features import cached_image_features
 
     if on_bad_image not in BAD_IMAGE_POLICIES:
         raise ConfigError(f"on_bad_image={on_bad_image!r} is not valid: choose one of {', '.join(BAD_IMAGE_POLICIES)}")
@@ -162,7 +163,7 @@ def image_features(
 
 
 def _bad_file(paths: list[str], folder: Path) -> Path:
-    from progeo.train.features import paths_fingerprint
+    from progeo.cache import paths_fingerprint
 
     return folder / f"bad-{paths_fingerprint(paths)[:24]}.json"
 

@@ -82,7 +82,8 @@ def run_gem_report(world_dir: str | os.PathLike, weights: str | os.PathLike | No
     runs = []
     for level in ("city", "country"):
         t = time.perf_counter()
-        clf = build_zeroshot_classifier(gem.clip, places, level, None, country_mode, "max", dev, batch_size)
+        clf = build_zeroshot_classifier(gem.clip, places, level, None, country_mode, "max", dev, batch_size,
+                                        cache_dir=cache_dir)
         runs.append(zeroshot_run(gem, clf, test_paths, test_feats, test, f"zero-shot {level}"))
         seconds[f"zero-shot {level}"] = time.perf_counter() - t
     for level in ("city", "country"):

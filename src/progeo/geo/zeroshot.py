@@ -3,7 +3,10 @@
 Each candidate place gets one text per geo-contextualised template (a city with its country:
 "a street view photo taken in {city}, {country}."); its text feature is the prompt ensemble
 of those texts (each text feature L2-normalized, averaged, renormalized: :func:`ensemble_text_features`),
-and an image is scored against every place by cosine similarity (:func:`zeroshot_scores`).
+and an image is scored against every place by cosine similarity (:func:`zeroshot_scores`). The
+places' text features are cached on disk beside the image features, keyed by the model's text
+weights and the exact texts (:mod:`progeo.geo.text_features`), so repeated runs over other
+images with the same model and places skip the text encoding.
 
 Country level, two modes (``country_mode``):
 
@@ -34,6 +37,7 @@ from progeo.errors import ConfigError
 from progeo.geo.places import PlaceList, read_places_csv, world_cities
 from progeo.geo.report import ClassTable, GemRun, Predictions, evaluate, rank_top_k, true_classes
 from progeo.geo.templates import default_templates, load_templates, render_texts
+from progeo.geo.text_features import cached_class_text_features, encode_class_texts, ensemble_text_features  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +45,6 @@ COUNTRY_MODES = ("aggregate", "prompts")
 COUNTRY_REDUCTIONS = ("max", "logsumexp")
 LOGSUMEXP_SCALE = 100.0  # CLIP's logit scale: logsumexp over 100 * cosine, divided back by 100
 _CHUNK = 2048
-
-
-def ensemble_text_features(text_features: np.ndarray) -> np.ndarray:
-    """Prompt ensembling: (C, T, D) text features -> (C, D) unit vectors (normalize, average, renormalize)."""
-    t = np.asarray(text_features, dtype=np.float32)
-    if t.ndim != 3:
-        raise ValueError(f"text features must be (classes, templates, dim), got shape {t.shape}")
-    t = t / np.maximum(np.linalg.norm(t, axis=-1, keepdims=True), 1e-12)
-    mean = t.mean(axis=1)
-    return mean / np.maximum(np.linalg.norm(mean, axis=-1, keepdims=True), 1e-12)
 
 
 def zeroshot_scores(image_features: np.ndarray, class_features: np.ndarray) -> np.ndarray:
@@ -62,19 +56,6 @@ def zeroshot_scores(image_features: np.ndarray, class_features: np.ndarray) -> n
     a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
     b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
     return a @ b.T
-
-
-def encode_class_texts(clip, texts_per_class: Sequence[Sequence[str]], device: str = "cpu",
-                       batch_size: int = 256) -> np.ndarray:
-    """Ensembled text feature (C, D) of each class from its texts (the same number per class)."""
-    from progeo.models.inference import encode_texts
-
-    counts = {len(t) for t in texts_per_class}
-    if len(counts) != 1 or 0 in counts:
-        raise ConfigError(f"every class needs the same, non-zero number of texts; got counts {sorted(counts)}")
-    flat = [text for texts in texts_per_class for text in texts]
-    feats = encode_texts(clip, flat, device, batch_size=batch_size, normalize=False)
-    return ensemble_text_features(feats.reshape(len(texts_per_class), counts.pop(), -1))
 
 
 def aggregate_country_scores(city_scores: np.ndarray, city_country: np.ndarray, n_countries: int,
@@ -111,6 +92,8 @@ class ZeroShotClassifier:
     reduce: str = "max"
     templates: tuple[str, ...] = ()
     city_country: np.ndarray | None = None  # country class of each city (aggregate mode)
+    text_cache_file: Path | None = None  # where the text features are cached (None: not cached)
+    text_cache_hit: bool = False  # True when they were read from the cache
 
     @property
     def level(self) -> str:
@@ -138,9 +121,11 @@ class ZeroShotClassifier:
 
 def build_zeroshot_classifier(clip, places: PlaceList, level: str = "city", templates: Sequence[str] | None = None,
                               country_mode: str = "aggregate", reduce: str = "max", device: str = "cpu",
-                              batch_size: int = 256) -> ZeroShotClassifier:
+                              batch_size: int = 256, *, cache_dir: str | os.PathLike | None = None,
+                              cache: bool = True) -> ZeroShotClassifier:
     """Encode the candidates' prompt ensembles. ``templates`` are city templates, or country templates
-    in ``country_mode="prompts"``; ``None`` takes the built-in set."""
+    in ``country_mode="prompts"``; ``None`` takes the built-in set. The text features are read from
+    or written to the cache in ``cache_dir`` (default: the feature cache folder) unless ``cache=False``."""
     if level not in ("city", "country"):
         raise ConfigError(f"unknown level {level!r}; choose city or country")
     if country_mode not in COUNTRY_MODES:
@@ -152,12 +137,15 @@ def build_zeroshot_classifier(clip, places: PlaceList, level: str = "city", temp
     text_level = "country" if prompts else "city"
     templates = tuple(templates) if templates is not None else default_templates(text_level)
     subjects = classes.names if prompts else places.places
-    feats = encode_class_texts(clip, render_texts(templates, subjects, text_level), device, batch_size)
+    text = cached_class_text_features(clip, render_texts(templates, subjects, text_level), cache_dir=cache_dir,
+                                      cache=cache, device=device, batch_size=batch_size)
     city_country = None
     if level == "country" and not prompts:
         city_country = classes.country_index(places.countries, places.source)
-    log.info("zero-shot %s classifier over %d classes (%d %s texts each)", level, len(classes), len(templates), text_level)
-    return ZeroShotClassifier(classes, feats, places, country_mode, reduce, templates, city_country)
+    log.info("zero-shot %s classifier over %d classes (%d %s texts each%s)", level, len(classes), len(templates),
+             text_level, ", from the cache" if text.hit else "")
+    return ZeroShotClassifier(classes, text.features, places, country_mode, reduce, templates, city_country, text.file,
+                              text.hit)
 
 
 def load_candidate_places(spec: str | os.PathLike | None, min_population: int | None = None) -> PlaceList:
@@ -201,7 +189,8 @@ class ZeroShotConfig:
     batch_size: int = 128
     num_workers: int = 0
     on_bad_image: str = "fail"
-    cache_dir: str | None = None
+    cache_dir: str | None = None  # image and text feature cache (default: ~/.cache/progeo/features)
+    text_cache: bool = True  # False: encode the places' texts every run (neither read nor write the cache)
     progress: bool = True
 
 
@@ -240,7 +229,7 @@ def run_zeroshot(cfg: ZeroShotConfig) -> GemRun:
     device = str(resolve_device(cfg.device))
     gem = load_gem_model(cfg.model, cfg.weights, device)
     classifier = build_zeroshot_classifier(gem.clip, places, cfg.level, templates, cfg.country_mode, cfg.country_reduce,
-                                           device, cfg.batch_size)
+                                           device, cfg.batch_size, cache_dir=cfg.cache_dir, cache=cfg.text_cache)
     feats = image_features(gem.clip, paths, on_bad_image=cfg.on_bad_image, cache_dir=cfg.cache_dir,
                            batch_size=cfg.batch_size, device=device, num_workers=cfg.num_workers, progress=cfg.progress)
     run = zeroshot_run(gem, classifier, paths, feats, labels, f"zero-shot {cfg.level}", cfg.top_k)

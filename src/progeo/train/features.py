@@ -11,14 +11,13 @@ file name is a key over
 
 so the same model and data reuse the file, and any change (other weights, an image added,
 renamed or removed, another size) computes a new one. Files are written atomically: an
-interrupted extraction leaves no file that could be mistaken for a complete one.
+interrupted extraction leaves no file that could be mistaken for a complete one (the shared
+key and validation helpers are in :mod:`progeo.cache`).
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -28,36 +27,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from progeo.cache import (cache_key, default_feature_cache_dir, paths_fingerprint, read_cached_npy,
+                          weights_fingerprint, write_cache_meta)
 from progeo.device import autocast
-from progeo.io import atomic_path, write_json_atomic
+from progeo.io import atomic_path
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
-
-
-def weights_fingerprint(module: torch.nn.Module) -> str:
-    """SHA-1 of a module's tensors (names, shapes, dtypes and values), in name order."""
-    h = hashlib.sha1()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def paths_fingerprint(paths: Sequence[str]) -> str:
-    h = hashlib.sha1()
-    for p in paths:
-        h.update(os.fsencode(os.path.abspath(p)))
-        h.update(b"\n")
-    return h.hexdigest()
-
-
-def default_feature_cache_dir() -> Path:
-    from progeo.data.groups import default_cache_dir
-
-    return default_cache_dir() / "features"
 
 
 def encoder_at_size(clip, image_size: int | None) -> tuple[torch.nn.Module, tuple[int, int]]:
@@ -94,22 +71,14 @@ def cached_image_features(
     key_data = {"version": CACHE_VERSION, "arch": clip.arch, "weights": weights_fingerprint(visual),
                 "images": paths_fingerprint(paths), "images_num": len(paths), "image_size": list(size),
                 "mean": list(pre.mean), "std": list(pre.std), "resize_mode": "center-crop"}
-    key = hashlib.sha1(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:24]
+    key = cache_key(key_data)
     folder = Path(cache_dir) if cache_dir is not None else default_feature_cache_dir()
     file = folder / f"{clip.arch}-{key}.npy"
-    meta_file = file.with_suffix(".json")
-    if file.exists() and meta_file.exists():
-        try:
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
-            feats = np.load(file, mmap_mode="r")
-            if meta.get("key") == key_data and feats.shape[0] == len(paths) and feats.dtype == np.float16:
-                log.info("reusing cached features %s (%d x %d)", file, *feats.shape)
-                return feats, file, True
-            log.warning("feature cache %s does not match its description; recomputing it", file)
-        except (OSError, ValueError) as exc:
-            log.warning("feature cache %s is unreadable (%s); recomputing it", file, exc)
+    feats = read_cached_npy(file, key_data, len(paths), np.float16, mmap=True, what="feature cache")
+    if feats is not None:
+        return feats, file, True
     feats = _extract(visual, pre, size, paths, file, batch_size, torch.device(device), num_workers, amp, progress)
-    write_json_atomic(meta_file, {"key": key_data, "shape": list(feats.shape), "dtype": "float16"})
+    write_cache_meta(file, key_data, feats)
     return feats, file, False
 
 

@@ -212,7 +212,7 @@ def _restore(path: Path, learners, optimizer, scaler, device: torch.device) -> E
 def _finish(cfg: Stage1Config, run: RunDir, clip, learners, groups, losses: list[float], images: int, cache_file,
             hit: bool, t0: float) -> Stage1Result:
     from progeo.models.prompts import save_prompts
-    from progeo.train.features import weights_fingerprint
+    from progeo.cache import weights_fingerprint
 
     prompts_path = run.path / PROMPTS_NAME
     extra = {"backbone": cfg.backbone, "weights": cfg.weights, "image_weights_sha1": weights_fingerprint(clip.visual),
