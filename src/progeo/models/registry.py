@@ -69,7 +69,8 @@ def canonical_arch(name: str) -> str:
     hint = f"did you mean {', '.join(close)}?" if close else "run `progeo models` to list them."
     raise ConfigError(
         f"unknown backbone architecture {name!r}: not an open_clip model config; {hint} "
-        f"(the paper's backbones are {', '.join(PAPER_BACKBONES)}; tests use {', '.join(TINY_ARCHITECTURES)})"
+        f"(the paper's backbones are {', '.join(PAPER_BACKBONES)}; tests use {', '.join(TINY_ARCHITECTURES)}; "
+        f"a saved model is given by its folder or .safetensors path, which does not exist here)"
     )
 
 
