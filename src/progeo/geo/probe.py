@@ -33,6 +33,7 @@ import numpy as np
 from progeo.errors import CheckpointError, ConfigError, DatasetError
 from progeo.geo.features import ModelSpec
 from progeo.geo.labelled_images import LabelledImages, country_labels, match_places
+from progeo.geo.countries import country_key, country_name
 from progeo.geo.places import PlaceList, nearest_places, place_key
 from progeo.geo.report import ClassTable, Predictions, geo_medoid, rank_top_k
 
@@ -127,7 +128,7 @@ def probe_classes(labels: LabelledImages, level: str, places: PlaceList | None =
     src = f"the probe's training labels ({labels.source})"
     if level == "city":
         if places is not None:
-            idx = (match_places(labels.cities, labels.countries, places, labels.source) if any(labels.cities)
+            idx = (match_places(labels.cities, labels.countries, places, labels.source, labels.lines) if any(labels.cities)
                    else nearest_places(labels.lat, labels.lon, places)[0])
             used = np.unique(idx)
             table = ClassTable("city", [places[i].name for i in used], [places[i].country for i in used],
@@ -136,12 +137,13 @@ def probe_classes(labels: LabelledImages, level: str, places: PlaceList | None =
         if not any(labels.cities):
             raise DatasetError(f"{labels.source}: no city labels; pass candidate places (--places) so that each "
                                f"image's class is its nearest candidate place")
-        keys = [(place_key(k), place_key(c)) for c, k in zip(labels.cities, labels.countries)]
+        keys = [(country_key(k), place_key(c)) for c, k in zip(labels.cities, labels.countries)]  # USA = United States
         first = {}
         for i, key in enumerate(keys):
             first.setdefault(key, i)
-        order = sorted(first)
-        names, countries = [labels.cities[first[k]] for k in order], [labels.countries[first[k]] for k in order]
+        order = sorted(first, key=lambda k: (place_key(country_name(labels.countries[first[k]])), k[1]))
+        names = [labels.cities[first[k]] for k in order]
+        countries = [country_name(labels.countries[first[k]]) for k in order]
     elif level == "country":
         if labels.countries and all(labels.countries):
             per_image = list(labels.countries)
@@ -151,12 +153,12 @@ def probe_classes(labels: LabelledImages, level: str, places: PlaceList | None =
         else:
             raise DatasetError(f"{labels.source}: no country column; pass candidate places (--places) so that "
                                f"countries come from the cities or the coordinates")
-        keys = [place_key(c) for c in per_image]
+        keys = [country_key(c) for c in per_image]  # USA = United States
         first = {}
         for i, key in enumerate(keys):
             first.setdefault(key, i)
-        order = sorted(first)
-        names = countries = [per_image[first[k]] for k in order]
+        order = sorted(first, key=lambda k: place_key(country_name(per_image[first[k]])))
+        names = countries = [country_name(per_image[first[k]]) for k in order]
     else:
         raise ConfigError(f"unknown level {level!r}; choose city or country")
     index = {k: i for i, k in enumerate(order)}

@@ -25,9 +25,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from progeo.errors import DatasetError
+from progeo.geo.countries import CountryMatcher, warn_custom_countries
 from progeo.geo.labelled_images import LabelledImages, country_labels, match_places, read_labelled_images
 from progeo.geo.metrics import DEFAULT_THRESHOLDS_KM, country_confusion, geo_metrics, haversine_km
-from progeo.geo.places import Place, PlaceList, nearest_places, place_key
+from progeo.geo.places import Place, PlaceList, nearest_places
 from progeo.io import atomic_path, write_json_atomic
 
 
@@ -84,17 +85,25 @@ class ClassTable:
         return cls(level, [str(i["name"]) for i in items], [str(i["country"]) for i in items],
                    np.array([float(i["lat"]) for i in items]), np.array([float(i["lon"]) for i in items]), source)
 
-    def country_index(self, countries: Sequence[str], source: str | os.PathLike) -> np.ndarray:
-        """Class index of each country name (country level), or a DatasetError naming the unknown ones."""
-        index = {place_key(n): i for i, n in enumerate(self.names)}
-        unknown = sorted({c for c in countries if place_key(c) not in index})
+    def country_index(self, countries: Sequence[str], source: str | os.PathLike,
+                      lines: Sequence[int] | None = None) -> np.ndarray:
+        """Class index of each country (country level; any spelling: ``USA`` = ``United States``),
+        or a DatasetError naming the unknown ones with their ``lines`` in ``source`` and suggestions."""
+        matcher = CountryMatcher(self.names)
+        found = [matcher.find(c) for c in countries]
+        unknown: dict[str, list[int]] = {}
+        for i, (c, f) in enumerate(zip(countries, found)):
+            if f is None:
+                unknown.setdefault(c, []).append(lines[i] if lines is not None else -1)
         if unknown:
+            items = [(f"line {', '.join(map(str, rows[:3]))}{'...' if len(rows) > 3 else ''}: " if rows[0] >= 0 else "")
+                     + matcher.problem(c) for c, rows in sorted(unknown.items())]
             raise DatasetError(
                 f"{source}: {len(unknown)} countr{'y' if len(unknown) == 1 else 'ies'} of the labels not among the "
-                f"{len(self.names)} classes of {self.source or 'the run'}: {', '.join(map(repr, unknown[:5]))}"
-                f"{' ...' if len(unknown) > 5 else ''}; use the same country names (classes: "
+                f"{len(self.names)} classes of {self.source or 'the run'}: {', '.join(map(repr, sorted(unknown)[:5]))}"
+                f"{' ...' if len(unknown) > 5 else ''} ({'; '.join(items[:5])}); use the same countries (classes: "
                 f"{', '.join(self.names[:8])}{' ...' if len(self.names) > 8 else ''}) or add the places")
-        return np.array([index[place_key(c)] for c in countries], dtype=np.int64)
+        return np.array(found, dtype=np.int64)
 
 
 def rank_top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -162,11 +171,12 @@ def true_classes(labels: LabelledImages, classes: ClassTable, places: PlaceList 
     if classes.level == "city":
         candidates = classes.as_places()
         if any(labels.cities):
-            index = match_places(labels.cities, labels.countries, candidates, labels.source)
+            index = match_places(labels.cities, labels.countries, candidates, labels.source, labels.lines)
         else:
             index = nearest_places(labels.lat, labels.lon, candidates)[0]
         return index, [classes.countries[i] for i in index]
-    if labels.countries and all(labels.countries):
+    own_column = bool(labels.countries) and all(labels.countries)
+    if own_column:
         countries = list(labels.countries)
     elif places is not None:
         countries = (country_labels(labels, places) if any(labels.cities)
@@ -174,7 +184,10 @@ def true_classes(labels: LabelledImages, classes: ClassTable, places: PlaceList 
     else:
         raise DatasetError(f"{labels.source}: the labels have no country column; pass the candidate places "
                            f"(--places) so that each image's country comes from its city or its coordinates")
-    index = classes.country_index(countries, labels.source)
+    index = classes.country_index(countries, labels.source, labels.lines)
+    if own_column:  # custom countries of the labels matched to the classes by name
+        warn_custom_countries(CountryMatcher(classes.names).custom(countries), labels.source,
+                              f"the classes of {classes.source or 'the run'}")
     return index, [classes.names[i] for i in index]
 
 
@@ -200,7 +213,8 @@ def subset_labels(labels: LabelledImages, rows: np.ndarray) -> LabelledImages:
         paths=[labels.paths[i] for i in rows], lat=labels.lat[rows], lon=labels.lon[rows],
         cities=[labels.cities[i] for i in rows], countries=[labels.countries[i] for i in rows],
         flavour=labels.flavour, source=labels.source,
-        place_index=None if labels.place_index is None else labels.place_index[rows])
+        place_index=None if labels.place_index is None else labels.place_index[rows],
+        lines=None if labels.lines is None else [labels.lines[i] for i in rows])
 
 
 @dataclass
