@@ -1,5 +1,6 @@
 """GEM (IM2City) side: candidate places, labelled image lists, prompt templates and metrics."""
 
+from progeo.geo.countries import country_code, country_key, country_name, known_countries
 from progeo.geo.labelled_images import LabelledImages, country_labels, detect_flavour, match_places, read_labelled_images
 from progeo.geo.metrics import (
     DEFAULT_THRESHOLDS_KM,
@@ -36,6 +37,7 @@ from progeo.geo.zeroshot import (
 )
 
 __all__ = [
+    "country_code", "country_key", "country_name", "known_countries",
     "LabelledImages", "country_labels", "detect_flavour", "match_places", "read_labelled_images",
     "DEFAULT_THRESHOLDS_KM", "EARTH_RADIUS_KM", "CountryConfusion", "country_confusion", "geo_metrics",
     "haversine_km", "median_km", "share_within_km", "topk_accuracy", "topk_accuracy_ranked",
