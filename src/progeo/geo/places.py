@@ -267,7 +267,8 @@ def world_cities(
         unknown = [c + "".join(f" (did you mean {n!r}?)" for n in suggest_countries(c, n=1))
                    for c in countries if country_code(c) is None]
         if unknown:
-            raise ConfigError(f"unknown country name(s) or code(s): {', '.join(unknown)}; use e.g. 'France', 'FR' or 'FRA'")
+            raise ConfigError(f"unknown country name(s) or code(s): {', '.join(unknown)}; "
+                              f"use e.g. 'France', 'FR' or 'FRA'")
     best: dict[tuple[str, str], Place] = {}
     for name, code, lat, lon, pop in cities:
         if pop < min_population:

@@ -128,8 +128,8 @@ def probe_classes(labels: LabelledImages, level: str, places: PlaceList | None =
     src = f"the probe's training labels ({labels.source})"
     if level == "city":
         if places is not None:
-            idx = (match_places(labels.cities, labels.countries, places, labels.source, labels.lines) if any(labels.cities)
-                   else nearest_places(labels.lat, labels.lon, places)[0])
+            idx = (match_places(labels.cities, labels.countries, places, labels.source, labels.lines)
+                   if any(labels.cities) else nearest_places(labels.lat, labels.lon, places)[0])
             used = np.unique(idx)
             table = ClassTable("city", [places[i].name for i in used], [places[i].country for i in used],
                                places.lats[used], places.lons[used], src)
