@@ -79,38 +79,38 @@ def config_from_args(cls, args: argparse.Namespace, config_file: str | None = No
     return load_config(cls, args.config or config_file, overrides)
 
 
+def _config_command(parent, name: str, cls, func, help: str, description: str) -> None:
+    """A subcommand whose options are the fields of the dataclass config ``cls`` (plus ``--config``)."""
+    p = parent.add_parser(name, help=help, description=description)
+    p.add_argument("--config", help="YAML/JSON file of options (flags override it)")
+    add_config_flags(p, cls)
+    p.set_defaults(func=func)
+
+
 def register(subparsers) -> None:
     from progeo.config import PretrainConfig, Stage1Config, Stage2Config
 
-    p = subparsers.add_parser(
-        "pretrain", help="pretrain a tiny CLIP from scratch on a synthetic world's captions",
+    _config_command(
+        subparsers, "pretrain", PretrainConfig, _pretrain,
+        help="pretrain a tiny CLIP from scratch on a synthetic world's captions",
         description="Contrastive image-text pretraining (CLIP loss, learned temperature) of a small open_clip "
                     "architecture on WORLD/captions.tsv; reports zero-shot city accuracy on the held-out images and "
                     "writes RUN/clip.safetensors for --backbone ARCH --weights FILE; resumable with --resume RUN.")
-    p.add_argument("--config", help="YAML/JSON file of options (flags override it)")
-    add_config_flags(p, PretrainConfig)
-    p.set_defaults(func=_pretrain)
-
     train = subparsers.add_parser("train", help="ProGEO training: stage1 (prompts), stage2 (image encoder)",
                                   description="ProGEO's two training stages. Run under torchrun for several GPUs.")
     stages = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
-    p = stages.add_parser(
-        "stage1", help="learn per-class prompts on cached frozen image features",
+    _config_command(
+        stages, "stage1", Stage1Config, _stage1,
+        help="learn per-class prompts on cached frozen image features",
         description="Stage 1: frozen CLIP; image features of the used groups are cached on disk; one prompt learner "
                     "per group trained with SupCon image->text + text->image. Writes RUN/prompts.safetensors; "
                     "resumable with --resume RUN.")
-    p.add_argument("--config", help="YAML/JSON file of options (flags override it)")
-    add_config_flags(p, Stage1Config)
-    p.set_defaults(func=_stage1)
-
-    p = stages.add_parser(
-        "stage2", help="train the image encoder with CosFace + the prompts' text features",
+    _config_command(
+        stages, "stage2", Stage2Config, _stage2,
+        help="train the image encoder with CosFace + the prompts' text features",
         description="Stage 2: per-group CosFace classifiers, label-smoothed image-to-text loss against the stage-1 "
                     "prompts (--no-text-loss: plain CosPlace), partial freezing, on-device augmentation, validation "
                     "each epoch, best/last models in RUN/, resumable with --resume RUN.")
-    p.add_argument("--config", help="YAML/JSON file of options (flags override it)")
-    add_config_flags(p, Stage2Config)
-    p.set_defaults(func=_stage2)
 
 
 def run_config(cls, args: argparse.Namespace, kind: str):

@@ -28,7 +28,7 @@ import numpy as np
 
 from progeo.errors import DatasetError
 from progeo.geo.countries import CountryMatcher, country_code, country_name, suggest_countries, warn_custom_countries
-from progeo.geo.places import PlaceList, _coord, _find_column, _read_rows
+from progeo.geo.places import PlaceList, _coord, _find_column, _read_rows, nearest_places
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +227,19 @@ def _place_problem(city: str, country: str, hits: list[int], places: PlaceList) 
     near = places.suggest(city)
     hint = f" (did you mean {', '.join(repr(n) for n in near)}?)" if near else ""
     return f"city {city!r} is not a candidate place{hint}"
+
+
+def image_countries(labels: LabelledImages, places: PlaceList | None) -> list[str]:
+    """Country of each image for country-level GEM: the labels' own country column, else the
+    country of the image's city among ``places``, else of its nearest place by coordinates."""
+    if labels.countries and all(labels.countries):
+        return list(labels.countries)
+    if places is None:
+        raise DatasetError(f"{labels.source}: the labels have no country column; pass the candidate places "
+                           f"(--places) so that each image's country comes from its city or its coordinates")
+    if any(labels.cities):
+        return country_labels(labels, places)
+    return [places[i].country for i in nearest_places(labels.lat, labels.lon, places)[0]]
 
 
 def country_labels(labels: LabelledImages, places: PlaceList) -> list[str]:

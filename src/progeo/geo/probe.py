@@ -32,7 +32,7 @@ import numpy as np
 
 from progeo.errors import CheckpointError, ConfigError, DatasetError
 from progeo.geo.features import ModelSpec
-from progeo.geo.labelled_images import LabelledImages, country_labels, match_places
+from progeo.geo.labelled_images import LabelledImages, image_countries, match_places
 from progeo.geo.countries import country_key, country_name
 from progeo.geo.places import PlaceList, nearest_places, place_key
 from progeo.geo.report import ClassTable, Predictions, geo_medoid, rank_top_k
@@ -145,14 +145,7 @@ def probe_classes(labels: LabelledImages, level: str, places: PlaceList | None =
         names = [labels.cities[first[k]] for k in order]
         countries = [country_name(labels.countries[first[k]]) for k in order]
     elif level == "country":
-        if labels.countries and all(labels.countries):
-            per_image = list(labels.countries)
-        elif places is not None:
-            per_image = (country_labels(labels, places) if any(labels.cities)
-                         else [places[i].country for i in nearest_places(labels.lat, labels.lon, places)[0]])
-        else:
-            raise DatasetError(f"{labels.source}: no country column; pass candidate places (--places) so that "
-                               f"countries come from the cities or the coordinates")
+        per_image = image_countries(labels, places)
         keys = [country_key(c) for c in per_image]  # USA = United States
         first = {}
         for i, key in enumerate(keys):

@@ -99,7 +99,20 @@ def evaluate_probe(probe: LinearProbe, gem: GemModel, paths: Sequence[str], labe
 
 
 @dataclass
-class ProbeFitConfig:
+class _FeatureFields:
+    """How the frozen image features of a probe command are computed (shared by fit and eval)."""
+
+    flavour: str | None = None
+    device: str = "auto"
+    batch_size: int = 128
+    num_workers: int = 0
+    on_bad_image: str = "fail"
+    cache_dir: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class ProbeFitConfig(_FeatureFields):
     """``progeo probe fit``."""
 
     model: str = ""  # open_clip ARCH[:TAG], or a backbone with --weights
@@ -115,17 +128,10 @@ class ProbeFitConfig:
     grid: tuple[float, ...] = REG_GRID
     max_iter: int = 200
     seed: int = 0
-    flavour: str | None = None
-    device: str = "auto"
-    batch_size: int = 128
-    num_workers: int = 0
-    on_bad_image: str = "fail"
-    cache_dir: str | None = None
-    progress: bool = True
 
 
 @dataclass
-class ProbeEvalConfig:
+class ProbeEvalConfig(_FeatureFields):
     """``progeo probe eval``."""
 
     probe: str = ""
@@ -137,13 +143,6 @@ class ProbeEvalConfig:
     top_k: int = 5
     out_dir: str | None = None
     predictions_format: str = "csv"
-    flavour: str | None = None
-    device: str = "auto"
-    batch_size: int = 128
-    num_workers: int = 0
-    on_bad_image: str = "fail"
-    cache_dir: str | None = None
-    progress: bool = True
 
 
 def _options(cfg) -> FeatureOptions:

@@ -26,7 +26,7 @@ import numpy as np
 
 from progeo.errors import DatasetError
 from progeo.geo.countries import CountryMatcher, warn_custom_countries
-from progeo.geo.labelled_images import LabelledImages, country_labels, match_places, read_labelled_images
+from progeo.geo.labelled_images import LabelledImages, image_countries, match_places, read_labelled_images
 from progeo.geo.metrics import DEFAULT_THRESHOLDS_KM, country_confusion, geo_metrics, haversine_km
 from progeo.geo.places import Place, PlaceList, nearest_places
 from progeo.io import atomic_path, write_json_atomic
@@ -176,14 +176,7 @@ def true_classes(labels: LabelledImages, classes: ClassTable, places: PlaceList 
             index = nearest_places(labels.lat, labels.lon, candidates)[0]
         return index, [classes.countries[i] for i in index]
     own_column = bool(labels.countries) and all(labels.countries)
-    if own_column:
-        countries = list(labels.countries)
-    elif places is not None:
-        countries = (country_labels(labels, places) if any(labels.cities)
-                     else [places[i].country for i in nearest_places(labels.lat, labels.lon, places)[0]])
-    else:
-        raise DatasetError(f"{labels.source}: the labels have no country column; pass the candidate places "
-                           f"(--places) so that each image's country comes from its city or its coordinates")
+    countries = image_countries(labels, places)
     index = classes.country_index(countries, labels.source, labels.lines)
     if own_column:  # custom countries of the labels matched to the classes by name
         warn_custom_countries(CountryMatcher(classes.names).custom(countries), labels.source,
