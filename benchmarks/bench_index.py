@@ -109,6 +109,9 @@ def trained_data(folder: str, database_num: int, queries_num: int, dim: int, noi
     from progeo.eval.descriptors_io import load_descriptors
 
     root = Path(folder)
+    if not (root / "database").is_dir():
+        raise SystemExit(f"{root} has no database/ folder: give the test set's folder written by "
+                         f"`progeo eval --model M --test-set DIR --queries all --save-descriptors OUT` (OUT/<set>)")
     saved_db = load_descriptors(root / "database")
     query_dirs = sorted(p for p in root.iterdir() if p.name.startswith("queries") and p.is_dir())
     if saved_db.utms is None or not query_dirs:
