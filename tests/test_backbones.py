@@ -197,9 +197,13 @@ def test_pos_embedding_interpolation_224_to_512():
     pos = visual.positional_embedding
     assert visual.grid_size == (32, 32) and pos.shape == (1 + 32 * 32, 64) and visual.image_size == (512, 512)
     assert torch.equal(pos[0], before[0])  # class token's embedding is kept
+    # the authors' resize (their CLIP's interpolate_embeddings): bicubic, align_corners=True
     grid = before[1:].reshape(1, 14, 14, 64).permute(0, 3, 1, 2)
-    expected = F.interpolate(grid, size=(32, 32), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(-1, 64)
+    expected = F.interpolate(grid, size=(32, 32), mode="bicubic", align_corners=True).permute(0, 2, 3, 1).reshape(-1, 64)
     torch.testing.assert_close(pos[1:].detach(), expected)
+    # corners of the grid keep their values exactly (what align_corners=True means)
+    for r, c in ((0, 0), (0, 31), (31, 0), (31, 31)):
+        torch.testing.assert_close(pos[1 + r * 32 + c], before[1 + (r // 31) * 13 * 14 + (c // 31) * 13])
     with torch.no_grad():
         assert visual(torch.randn(1, 3, 512, 512)).shape == (1, 64)
 
@@ -230,6 +234,10 @@ def test_resnet_attention_pool_follows_the_image_size():
     assert pool.positional_embedding is param and param.shape == (1 + 2 * 2, 256)
     backbones.set_image_size(clip.visual, 128)
     assert clip.visual.attnpool.positional_embedding.shape == (1 + 4 * 4, 256)
+    # the attention pool (never resized by the authors) keeps open_clip's align_corners=False
+    grid = param.detach()[1:].reshape(1, 2, 2, 256).permute(0, 3, 1, 2)
+    expected = F.interpolate(grid, size=(4, 4), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(-1, 256)
+    torch.testing.assert_close(clip.visual.attnpool.positional_embedding[1:].detach(), expected)
     with torch.no_grad():
         assert clip.model.encode_image(torch.randn(2, 3, 128, 128)).shape == (2, 64)
 

@@ -192,6 +192,19 @@ def test_import_vit_checkpoint_infers_size_and_resizes(vit_model, tmp_path):
     assert resized.image_size == (64, 64) and "position embedding resized 8x8 -> (4, 4)" in resized.notes[0]
 
 
+def test_imported_vit_grid_is_resized_as_the_authors_do(vit_model, tmp_path):
+    """A checkpoint grid of 8x8 imported at 256 px (16x16): bicubic with align_corners=True."""
+    state = {f"backbone.{k}": v for k, v in vit_model.backbone.state_dict().items()}
+    torch.save(state, tmp_path / "vit.pth")
+    import_checkpoint(tmp_path / "vit.pth", "tiny-vit", tmp_path / "c", image_size=256)
+    pos = load_model(tmp_path / "c").backbone.positional_embedding.detach()
+    old = state["backbone.positional_embedding"]
+    grid = old[1:].reshape(1, 8, 8, -1).permute(0, 3, 1, 2)
+    expected = torch.nn.functional.interpolate(grid, size=(16, 16), mode="bicubic", align_corners=True)
+    torch.testing.assert_close(pos[1:], expected.permute(0, 2, 3, 1).reshape(256, -1))
+    torch.testing.assert_close(pos[0], old[0])
+
+
 def test_import_full_clip_checkpoint_as_vit_model(tmp_path):
     torch.manual_seed(3)
     clip = load_clip("tiny-vit")

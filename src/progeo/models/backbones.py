@@ -229,8 +229,23 @@ def clip_image_embedding(visual: nn.Module, images: torch.Tensor) -> torch.Tenso
 # -- image size ------------------------------------------------------------------------------
 
 
-def interpolate_pos_embed(pos: torch.Tensor, old_grid, new_grid, prefix_tokens: int = 1) -> torch.Tensor:
-    """Resize a (prefix + H*W) x C position embedding to a new grid (bicubic); same tensor if equal."""
+# How position-embedding grids are resized. ViT patch grids (e.g. 224 -> 512 px: 14x14 -> 32x32)
+# follow the authors: their CLIP (OpenAI's code as modified in ProGEO, clip/model.py) resizes the
+# ViT grid bicubically with align_corners=True (as torchvision's ViT does), and the paper's ViT
+# models were trained and evaluated on such a grid. open_clip's own resize_pos_embed uses
+# align_corners=False (and antialias); we keep that only where the authors never resize: the
+# ResNet attention pool (their stage 1 feeds it 224 px images; their stage 2 drops it), so
+# progeo's stage-1 features at other sizes stay what open_clip would compute.
+VIT_POS_EMBED_ALIGN_CORNERS = True
+ATTNPOOL_POS_EMBED_ALIGN_CORNERS = False
+
+
+def interpolate_pos_embed(pos: torch.Tensor, old_grid, new_grid, prefix_tokens: int = 1, *,
+                          align_corners: bool = VIT_POS_EMBED_ALIGN_CORNERS) -> torch.Tensor:
+    """Resize a (prefix + H*W) x C position embedding to a new grid (bicubic); same tensor if equal.
+
+    ``align_corners`` defaults to the authors' choice for ViT grids (see the comment above).
+    """
     old_grid, new_grid = _pair(old_grid), _pair(new_grid)
     if old_grid == new_grid:
         return pos
@@ -238,7 +253,7 @@ def interpolate_pos_embed(pos: torch.Tensor, old_grid, new_grid, prefix_tokens: 
         raise ConfigError(f"position embedding has {pos.shape[0]} rows, expected {prefix_tokens}+{old_grid[0]}x{old_grid[1]}")
     prefix, grid = pos[:prefix_tokens], pos[prefix_tokens:]
     grid = grid.reshape(1, old_grid[0], old_grid[1], -1).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False)
+    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=align_corners)
     grid = grid.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], -1).to(pos.dtype)
     return torch.cat([prefix, grid], dim=0)
 
@@ -246,8 +261,9 @@ def interpolate_pos_embed(pos: torch.Tensor, old_grid, new_grid, prefix_tokens: 
 def set_image_size(visual: nn.Module, size, resize_attnpool: bool = True) -> None:
     """Adapt ``visual`` in place to input images of ``size``, interpolating position embeddings.
 
-    ViT: the patch-grid position embedding (e.g. 224 -> 512 px: 14x14 -> 32x32 for patch 16).
-    ResNet: the attention pool's position embedding (7x7 -> 16x16), when the pool is kept.
+    ViT: the patch-grid position embedding (e.g. 224 -> 512 px: 14x14 -> 32x32 for patch 16),
+    bicubic with align_corners=True as the authors do. ResNet: the attention pool's position
+    embedding (7x7 -> 16x16), when the pool is kept, bicubic with open_clip's align_corners=False.
     """
     size = _pair(size)
     family = visual_family(visual)
@@ -267,7 +283,8 @@ def set_image_size(visual: nn.Module, size, resize_attnpool: bool = True) -> Non
         if pool is not None and resize_attnpool:
             old, new = math.isqrt(pool.positional_embedding.shape[0] - 1), (size[0] // 32, size[1] // 32)
             if (old, old) != new:
-                resized = interpolate_pos_embed(pool.positional_embedding.detach(), old, new)
+                resized = interpolate_pos_embed(pool.positional_embedding.detach(), old, new,
+                                                align_corners=ATTNPOOL_POS_EMBED_ALIGN_CORNERS)
                 pool.positional_embedding = nn.Parameter(resized, requires_grad=pool.positional_embedding.requires_grad)
         visual.image_size = size if size[0] != size[1] else size[0]
     elif size != image_size_of(visual):

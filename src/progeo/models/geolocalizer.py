@@ -99,7 +99,7 @@ class GeoLocalizer(nn.Module):
 
         ``fc_output_dim`` defaults to CLIP's embedding size (the paper's sizes: RN50 1024, RN101,
         ViT-B/16 and ViT-B/32 512); ViT models have no projection head, so it must equal it.
-        ``image_size`` (e.g. 512) resizes ViT position embeddings (bicubic). ``normalization``:
+        ``image_size`` (e.g. 512) resizes ViT position embeddings (bicubic, align_corners=True as the authors). ``normalization``:
         ``"clip"`` keeps the weights' mean/std, ``"imagenet"`` records ImageNet's (the authors'
         stage-2 and test pipelines normalize with it).
         """
