@@ -170,7 +170,7 @@ def test_pickled_prompt_list_is_refused_without_trust_flag(tmp_path):
 def test_pickled_prompt_list_imports_tensors_only_with_trust_flag(tmp_path, rn_clip):
     path, originals = _authors_style_file(tmp_path)
     out = tmp_path / "prompts.safetensors"
-    info = import_prompts(path, out, trust_pickle=True, architecture="tiny-rn")
+    info = import_prompts(path, out, trust_pickle=True, architecture="tiny-rn", keep_order=True)
     assert info.classes_per_group == [4, 6] and info.eot_index == 11 and info.n_ctx == 4
     learners, meta = load_prompts(out, text_encoder=ClipTextEncoder.from_clip(rn_clip))
     assert meta.extra["imported_from"] == str(path)
@@ -182,9 +182,10 @@ def test_pickled_prompt_list_imports_tensors_only_with_trust_flag(tmp_path, rn_c
 def test_import_prompts_cli_refuses_then_accepts(tmp_path, capsys):
     path, _ = _authors_style_file(tmp_path, groups=(3,))
     out = tmp_path / "cli.safetensors"
-    assert cli_main(["import-prompts", str(path), "--out", str(out)]) == 2
+    assert cli_main(["import-prompts", str(path), "--out", str(out), "--keep-order"]) == 2
     assert "--trust-pickle" in capsys.readouterr().err
-    assert cli_main(["import-prompts", str(path), "--out", str(out), "--trust-pickle", "--backbone", "RN50"]) == 0
+    assert cli_main(["import-prompts", str(path), "--out", str(out), "--trust-pickle", "--backbone", "RN50",
+                     "--keep-order"]) == 0
     assert "imported 1 prompt group(s)" in capsys.readouterr().out
     assert load_prompts(out)[1].architecture == "RN50"
 
@@ -192,9 +193,9 @@ def test_import_prompts_cli_refuses_then_accepts(tmp_path, capsys):
 def test_import_prompts_from_plain_state_dicts_without_pickle(tmp_path):
     state = {"cls_ctx": torch.randn(2, 4, 64), "token_prefix": torch.randn(1, 5, 64), "token_suffix": torch.randn(1, 23, 64)}
     torch.save([state, state], tmp_path / "dicts.pth")  # tensors only: weights_only load, no flag needed
-    info = import_prompts(tmp_path / "dicts.pth", tmp_path / "d.safetensors")
+    info = import_prompts(tmp_path / "dicts.pth", tmp_path / "d.safetensors", keep_order=True)
     assert info.classes_per_group == [2, 2] and info.eot_index == 11  # from the template, context 32
     torch.save([{"cls_ctx": torch.randn(2, 3, 64), "token_prefix": torch.randn(1, 5, 64),
                  "token_suffix": torch.randn(1, 24, 64)}], tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match="pass the template the prompts were learned with"):
-        import_prompts(tmp_path / "bad.pth", tmp_path / "b.safetensors")
+        import_prompts(tmp_path / "bad.pth", tmp_path / "b.safetensors", keep_order=True)

@@ -27,9 +27,20 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "import-prompts", help="convert the authors' stage-1 prompt learners into a prompts file",
         description="Read the authors' pickled list of prompt learners (needs --trust-pickle) and keep only the "
-                    "tensors (per-group class contexts, prefix and suffix embeddings) as a .safetensors prompts file.")
+                    "tensors (per-group class contexts, prefix and suffix embeddings) as a .safetensors prompts file. "
+                    "The authors number groups and the classes inside a group otherwise than progeo; with --train-set "
+                    "the rows are put on progeo's class labels (rebuilding the authors' order from the train set).")
     p.add_argument("src", help="prompt learner file (e.g. last_prompt_learners.pth)")
     p.add_argument("--out", required=True, help="output prompts file (.safetensors)")
+    p.add_argument("--train-set", metavar="FOLDER", default=None,
+                   help="the train folder the prompts were learned on (needed to remap the classes)")
+    p.add_argument("--M", type=int, default=10, help="class cell size in metres of stage 1 (default: %(default)s)")
+    p.add_argument("--alpha", type=int, default=30, help="class heading bin in degrees (default: %(default)s)")
+    p.add_argument("--N", type=int, default=5, help="cells between classes of a group (default: %(default)s)")
+    p.add_argument("--L", type=int, default=2, help="heading bins between classes of a group (default: %(default)s)")
+    p.add_argument("--min-images-per-class", type=int, default=10, help="smaller classes are dropped (default: %(default)s)")
+    p.add_argument("--keep-order", action="store_true",
+                   help="copy the rows as they are (only for a file already in progeo's class order)")
     p.add_argument("--backbone", default="unknown", help="backbone the prompts were learned with (recorded)")
     p.add_argument("--template", default=None, help='prompt template (default "A photo of a X X X X street.")')
     p.add_argument("--trust-pickle", action="store_true", help="allow full unpickling (only for files you trust)")
@@ -61,10 +72,19 @@ def _import_prompts(args: argparse.Namespace) -> int:
     from progeo.models.importers import import_prompts
     from progeo.models.prompts import DEFAULT_TEMPLATE
 
-    info = import_prompts(args.src, args.out, trust_pickle=args.trust_pickle, architecture=args.backbone,
+    train_set = None
+    if args.train_set and not args.keep_order:
+        from progeo.data.groups import GroupsConfig
+        from progeo.data.train_sets import TrainSet
+
+        train_set = TrainSet.open(args.train_set, GroupsConfig(M=args.M, alpha=args.alpha, N=args.N, L=args.L,
+                                                               min_images_per_class=args.min_images_per_class))
+    info = import_prompts(args.src, args.out, train_set=train_set, keep_order=args.keep_order,
+                          trust_pickle=args.trust_pickle, architecture=args.backbone,
                           template=args.template or DEFAULT_TEMPLATE)
+    order = "rows kept as in the file" if args.keep_order else "classes remapped to progeo's order"
     print(f"imported {len(info.classes_per_group)} prompt group(s) (classes: {info.classes_per_group}, "
-          f"{info.n_ctx} context vectors of width {info.width}) -> {args.out}")
+          f"{info.n_ctx} context vectors of width {info.width}; {order}) -> {args.out}")
     return 0
 
 

@@ -12,9 +12,12 @@ float quotient, ``mod`` is the non-negative (Python) modulo, headings are used a
 
 Order (deterministic, independent of the order of the image list): groups are sorted by
 their group-id tuple; inside a group, classes are sorted by their class-id tuple; inside a
-class, images by their index in the list. The published CosPlace code orders groups (and the
-classes in them) by first appearance in its image list, so "group 3" there may be another
-group than here; the partition itself is the same.
+class, images by their index in the list. The published CosPlace / ProGEO code numbers them
+otherwise: groups by the first image (in list order) of one of their kept classes, and the
+classes inside a group in the iteration order of a Python ``set`` of class-id tuples filled in
+list order. So "group 3, class 7" there may be another place than here; the partition itself
+is the same. :mod:`progeo.data.authors_order` rebuilds their numbering (``progeo
+import-prompts --train-set`` uses it to put the authors' prompts on progeo's labels).
 
 Storage is CSR over numpy arrays: classes of group ``g`` are ``group_class_ptr[g]:
 group_class_ptr[g+1]`` (contiguous, because classes are stored group by group), images of class

@@ -200,12 +200,20 @@ def _prompt_groups(obj) -> list[dict[str, torch.Tensor]]:
     return [indexed[i] for i in sorted(indexed)]
 
 
-def import_prompts(src: str | Path, out: str | Path, *, trust_pickle: bool = False, architecture: str = "unknown",
+def import_prompts(src: str | Path, out: str | Path, *, train_set=None, keep_order: bool = False,
+                   trust_pickle: bool = False, architecture: str = "unknown",
                    template: str = DEFAULT_TEMPLATE) -> PromptsInfo:
     """Convert the authors' prompt learners (a list, one per group) into a progeo prompts file.
 
     Only the tensors are kept: ``cls_ctx``, ``token_prefix``, ``token_suffix`` (and the
     tokenized prompt, which gives the end-of-text position; re-derived from ``template`` if absent).
+
+    The authors number groups and classes otherwise than progeo (:mod:`progeo.data.authors_order`),
+    so ``train_set`` (a :class:`~progeo.data.train_sets.TrainSet` opened with the groups
+    parameters the prompts were learned with) is needed to put row k of each group on progeo's
+    class label k. The file keeps the authors' group order and records each group's id
+    (``group_ids``), which stage 2 trains. ``keep_order=True`` copies the rows as they are
+    (for files already in progeo's order).
     """
     import open_clip
 
@@ -230,6 +238,25 @@ def import_prompts(src: str | Path, out: str | Path, *, trust_pickle: bool = Fal
         tokens = tokens.reshape(-1, tokens.shape[-1])[:1].cpu()
         learners.append(PromptLearner(t["cls_ctx"].float().cpu(), t["token_prefix"][:1].float().cpu(),
                                       t["token_suffix"][:1].float().cpu(), tokens, int(tokens[0].argmax()), template))
-    save_prompts(out, learners, architecture=architecture, extra={"imported_from": str(src)})
+    extra: dict = {"imported_from": str(src)}
+    if not keep_order:
+        learners, group_ids = _to_progeo_order(learners, train_set, src)
+        extra |= {"class_order": "progeo", "group_ids": group_ids}
+    save_prompts(out, learners, architecture=architecture, extra=extra)
     return PromptsInfo(template, learners[0].n_ctx, learners[0].eot_index, learners[0].width, length, architecture,
                        classes_per_group=[pl.n_classes for pl in learners])
+
+
+def _to_progeo_order(learners: list[PromptLearner], train_set, src: Path) -> tuple[list[PromptLearner], list[list[int]]]:
+    """The learners with their rows in progeo's class order, and the id of each group."""
+    from progeo.data.authors_order import authors_order, rows_for_progeo
+
+    if train_set is None:
+        raise ConfigError(f"the authors number the classes of a group otherwise than progeo, so the prompts of {src} "
+                          "must be remapped with the train set they were learned on: pass --train-set FOLDER (and "
+                          "the groups parameters if not the defaults), or --keep-order for a file already in progeo's order")
+    order = authors_order(train_set.images, train_set.groups)
+    rows = rows_for_progeo(order, [pl.n_classes for pl in learners], f"prompt file {src}")
+    out = [PromptLearner(pl.cls_ctx.detach()[torch.from_numpy(r)], pl.token_prefix, pl.token_suffix, pl.tokenized_prompt,
+                         pl.eot_index, pl.template) for pl, r in zip(learners, rows)]
+    return out, [list(order[i].group_id) for i in range(len(learners))]

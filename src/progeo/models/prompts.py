@@ -15,7 +15,8 @@ Prompts file (``.safetensors``; written by stage 1 and by ``progeo import-prompt
 - metadata key ``progeo``: JSON with ``format`` ("progeo-prompts"), ``format_version``,
   ``template``, ``placeholder``, ``n_ctx``, ``eot_index``, ``width``, ``context_length``,
   ``architecture`` (backbone name or "unknown"), ``groups_num``, ``classes_per_group`` and any
-  extra provenance.
+  extra provenance; imported files add ``group_ids`` (the CosPlace group id of each group, in
+  the order of the file) and ``class_order`` ("progeo": row k of a group is progeo's label k).
 """
 
 from __future__ import annotations
@@ -171,6 +172,19 @@ def save_prompts(path: str | Path, learners: Sequence[PromptLearner], architectu
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"progeo": json.dumps(meta)})
     return path
+
+
+def prompt_group_ids(path: str | Path) -> list[tuple[int, int, int]] | None:
+    """The group id of each group of a prompts file, when it records them (imported files do)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("progeo", "{}"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"prompts file {path} is not a progeo prompts safetensors file ({exc})") from exc
+    ids = meta.get("group_ids")
+    return None if ids is None else [tuple(int(v) for v in gid) for gid in ids]
 
 
 def load_prompts(path: str | Path, text_encoder=None, architecture: str | None = None,

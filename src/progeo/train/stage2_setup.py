@@ -44,7 +44,7 @@ def build_parts(cfg: Stage2Config, device: torch.device, info) -> Stage2Parts:
         raise ConfigError("stage 2 with the text loss needs the stage-1 prompts: --prompts FILE "
                           "(or --no-text-loss for plain CosPlace training)")
     train_set = TrainSet.open(cfg.train_set, cfg.groups_config(), cache_dir=cfg.groups_cache_dir)
-    groups = train_set.first_groups(cfg.groups_num)
+    groups = _train_groups(cfg, train_set)
     val_set = TestSet(cfg.val_set, cfg.val_queries, cfg.positive_dist)
     if cfg.test_set:
         for queries in cfg.test_queries:  # fail now, not after hours of training
@@ -78,6 +78,26 @@ def build_parts(cfg: Stage2Config, device: torch.device, info) -> Stage2Parts:
              clip.arch, model.descriptor_dim, len(trainable), [len(g) for g in groups], cfg.text_loss, info.world_size)
     return Stage2Parts(groups, source, model, optimizer, classifiers, classifier_optimizers, text_features,
                        augment, val_set, val_images)
+
+
+def _train_groups(cfg: Stage2Config, train_set) -> list:
+    """progeo's first ``groups_num`` groups; with prompts that name their groups (imported from the
+    authors, who number groups otherwise), the first ``groups_num`` of those, in the file's order."""
+    from progeo.models.prompts import prompt_group_ids
+
+    ids = prompt_group_ids(cfg.prompts) if cfg.text_loss and cfg.prompts else None
+    if ids is None:
+        return train_set.first_groups(cfg.groups_num)
+    if cfg.groups_num > len(ids):
+        raise ConfigError(f"the prompts {cfg.prompts} hold {len(ids)} group(s); stage 2 with --groups-num "
+                          f"{cfg.groups_num} needs as many: lower --groups-num to {len(ids)}")
+    index = {tuple(gid): g for g, gid in enumerate(train_set.groups.group_ids.tolist())}
+    missing = [gid for gid in ids[: cfg.groups_num] if gid not in index]
+    if missing:
+        raise ConfigError(f"the prompts {cfg.prompts} were learned for group(s) {missing[:3]}, which the train set "
+                          f"{train_set.images.root} does not have with these groups parameters; use the same train set, "
+                          "M, alpha, N, L and min_images_per_class as stage 1")
+    return [train_set.group(index[gid]) for gid in ids[: cfg.groups_num]]
 
 
 def _image_source(cfg: Stage2Config, train_set, groups) -> ImageSource:
