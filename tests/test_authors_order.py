@@ -151,3 +151,55 @@ def test_stage2_trains_the_groups_the_imported_prompts_name(tmp_path):
     cfg.groups_num, cfg.prompts = 2, None
     cfg.text_loss = False
     assert [g.index for g in _train_groups(cfg, train)] == [0, 1]
+
+
+def test_python37_tuple_hash_and_order():
+    from progeo.data.authors_order import _tuple_hash_py37
+
+    # hash() of these tuples printed by a CPython 3.7.16 interpreter (64-bit)
+    known = {(550000, 4180000, 30): -3601028952043101407, (-40, -20, 330): 7891948859739374153,
+             (0, 0, 0): 1267304713960822739}
+    assert {t: _tuple_hash_py37(t) for t in known} == known
+    names = _names(seed=6)
+    train = _train_set(names)
+    new, old = authors_order(train.images, train.groups), authors_order(train.images, train.groups, python="3.7")
+    assert [g.group_id for g in new] == [g.group_id for g in old]  # groups: first appearance either way
+    assert any(list(a.classes) != list(b.classes) for a, b in zip(new, old))
+    assert all(sorted(a.classes) == sorted(b.classes) for a, b in zip(new, old))
+    with pytest.raises(ConfigError, match="3.8 or 3.7"):
+        authors_order(train.images, train.groups, python="3.6")
+
+
+def _python37():
+    import shutil
+
+    for candidate in (shutil.which("python3.7"), str(Path.home() / ".pyenv/versions/3.7.16/bin/python")):
+        if candidate and Path(candidate).is_file():
+            import subprocess
+
+            if subprocess.run([candidate, "-c", "import sys; assert sys.version_info[:2] == (3, 7)"],
+                              capture_output=True).returncode == 0:
+                return candidate
+    return None
+
+
+@pytest.mark.skipif(_python37() is None, reason="no Python 3.7 interpreter here")
+def test_python37_order_matches_a_real_python37(tmp_path):
+    import json
+    import subprocess
+
+    names = _names(n=2000, seed=7)
+    (tmp_path / "names.json").write_text(json.dumps(names))
+    # the reference above, run by Python 3.7 itself
+    script = ("import json, math, sys\nfrom collections import Counter\nnames = json.load(open(sys.argv[1]))\n"
+              "def cg(name):\n    f = name.split('/')[-1].split('@')\n    e, n, h = float(f[1]), float(f[2]), float(f[9])\n"
+              "    c = (math.floor(e / 10) * 10, math.floor(n / 10) * 10, math.floor(h / 30) * 30)\n"
+              "    return c, ((c[0] // 10) % 5, (c[1] // 10) % 5, (c[2] // 30) % 2)\n"
+              "counts = Counter(cg(n)[0] for n in names)\nper = {}\nfor name in names:\n    c, g = cg(name)\n"
+              "    if counts[c] >= 3:\n        per.setdefault(g, set()).add(c)\n"
+              "print(json.dumps([[list(g), [list(c) for c in s]] for g, s in per.items()]))\n")
+    out = subprocess.run([_python37(), "-c", script, str(tmp_path / "names.json")], capture_output=True, text=True, check=True)
+    reference = [(tuple(g), [tuple(c) for c in cs]) for g, cs in json.loads(out.stdout)]
+    train = _train_set(names)
+    order = authors_order(train.images, train.groups, python="3.7")
+    assert [(g.group_id, [tuple(train.groups.class_ids[c]) for c in g.classes]) for g in order] == reference

@@ -39,6 +39,9 @@ def register(subparsers) -> None:
     p.add_argument("--N", type=int, default=5, help="cells between classes of a group (default: %(default)s)")
     p.add_argument("--L", type=int, default=2, help="heading bins between classes of a group (default: %(default)s)")
     p.add_argument("--min-images-per-class", type=int, default=10, help="smaller classes are dropped (default: %(default)s)")
+    p.add_argument("--authors-python", choices=("3.8", "3.7"), default="3.8",
+                   help="Python the prompts were learned under: 3.8 (3.8 or later, default) or 3.7; "
+                        "the authors' class order depends on its tuple hash")
     p.add_argument("--keep-order", action="store_true",
                    help="copy the rows as they are (only for a file already in progeo's class order)")
     p.add_argument("--backbone", default="unknown", help="backbone the prompts were learned with (recorded)")
@@ -80,6 +83,7 @@ def _import_prompts(args: argparse.Namespace) -> int:
         train_set = TrainSet.open(args.train_set, GroupsConfig(M=args.M, alpha=args.alpha, N=args.N, L=args.L,
                                                                min_images_per_class=args.min_images_per_class))
     info = import_prompts(args.src, args.out, train_set=train_set, keep_order=args.keep_order,
+                          authors_python=args.authors_python,
                           trust_pickle=args.trust_pickle, architecture=args.backbone,
                           template=args.template or DEFAULT_TEMPLATE)
     order = "rows kept as in the file" if args.keep_order else "classes remapped to progeo's order"

@@ -14,8 +14,10 @@ behaviour (facts, not code):
   (tuples of three ints) were added image by image. Adding an element twice changes nothing,
   so the set equals one built by adding each class once, in order of its first image. Its
   iteration order depends only on those insertions and on the hashes of int tuples, which
-  CPython does not randomize; it is the same for CPython >= 3.8 (3.8 changed the tuple hash, so
-  prompts learned under Python 3.7 would be ordered otherwise).
+  CPython does not randomize. It is the same on CPython 3.8 to 3.13 (checked); 3.8 changed the
+  tuple hash, so a run under Python 3.7 (the authors' repository holds 3.7 and 3.10 bytecode)
+  ordered them otherwise: ``python="3.7"`` reproduces that order by giving the set elements
+  3.7's tuple hash (checked against a real 3.7 interpreter: same order).
 
 :func:`authors_order` rebuilds that numbering with the running interpreter's ``set``.
 """
@@ -46,6 +48,38 @@ class AuthorsGroup:
         return rows
 
 
+AUTHORS_PYTHONS = ("3.8", "3.7")  # "3.8": CPython 3.8 and later
+_M64 = (1 << 64) - 1
+
+
+def _tuple_hash_py37(t: tuple[int, ...]) -> int:
+    """CPython 3.7's hash of a tuple (64-bit builds), from the element hashes."""
+    x, mult, n = 0x345678, 1000003, len(t)
+    for item in t:
+        n -= 1
+        x = ((x ^ (hash(item) & _M64)) * mult) & _M64
+        mult = (mult + 82520 + n + n) & _M64
+    x = (x + 97531) & _M64
+    if x == _M64:  # -1 is reserved for errors
+        x -= 1
+    return x - (1 << 64) if x >> 63 else x
+
+
+class _Py37Key:
+    """A class id that a set places as CPython 3.7 placed the tuple (same table, 3.7's hash)."""
+
+    __slots__ = ("cid", "_hash")
+
+    def __init__(self, cid: tuple[int, ...]):
+        self.cid, self._hash = cid, _tuple_hash_py37(cid)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Py37Key) and self.cid == other.cid
+
+
 def check_authors_image_list(images) -> None:
     """Refuse an image list the authors' code would not have read in the same order.
 
@@ -64,12 +98,17 @@ def check_authors_image_list(images) -> None:
                 f"list they used to {images.root.name}_images_paths.txt beside the folder and retry")
 
 
-def authors_order(images, groups: CosPlaceGroups) -> list[AuthorsGroup]:
+def authors_order(images, groups: CosPlaceGroups, python: str = "3.8") -> list[AuthorsGroup]:
     """The authors' groups, in their order, each with its classes in their label order.
 
     ``images``: the train set's :class:`~progeo.data.image_lists.ImageList`; ``groups``: its
-    progeo partition (built from the same list, so image indices are list positions).
+    progeo partition (built from the same list, so image indices are list positions);
+    ``python``: the Python the authors ran, "3.8" (3.8 and later) or "3.7".
     """
+    if python not in AUTHORS_PYTHONS:
+        raise ConfigError(f"python={python!r}: the authors' class order is known for {' or '.join(AUTHORS_PYTHONS)}")
+    key = _Py37Key if python == "3.7" else tuple
+    unkey = (lambda k: k.cid) if python == "3.7" else (lambda k: k)
     check_authors_image_list(images)
     ptr_c, ptr_g = groups.class_image_ptr, groups.group_class_ptr
     if groups.classes_num == 0:
@@ -83,9 +122,9 @@ def authors_order(images, groups: CosPlaceGroups) -> list[AuthorsGroup]:
         members = members[np.argsort(first[members], kind="stable")]  # insertion order
         as_set = set()
         for c in members.tolist():
-            as_set.add(tuple(class_ids[c]))
+            as_set.add(key(tuple(class_ids[c])))
         index = {tuple(class_ids[c]): c for c in members.tolist()}
-        ordered = np.fromiter((index[cid] for cid in as_set), dtype=np.int64, count=members.size)
+        ordered = np.fromiter((index[unkey(k)] for k in as_set), dtype=np.int64, count=members.size)
         out.append((int(first[members[0]]), AuthorsGroup(tuple(int(v) for v in groups.group_ids[g]), g, ordered)))
     out.sort(key=lambda item: item[0])  # groups by their first image
     return [group for _, group in out]

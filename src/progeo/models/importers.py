@@ -201,7 +201,7 @@ def _prompt_groups(obj) -> list[dict[str, torch.Tensor]]:
 
 
 def import_prompts(src: str | Path, out: str | Path, *, train_set=None, keep_order: bool = False,
-                   trust_pickle: bool = False, architecture: str = "unknown",
+                   authors_python: str = "3.8", trust_pickle: bool = False, architecture: str = "unknown",
                    template: str = DEFAULT_TEMPLATE) -> PromptsInfo:
     """Convert the authors' prompt learners (a list, one per group) into a progeo prompts file.
 
@@ -212,8 +212,9 @@ def import_prompts(src: str | Path, out: str | Path, *, train_set=None, keep_ord
     so ``train_set`` (a :class:`~progeo.data.train_sets.TrainSet` opened with the groups
     parameters the prompts were learned with) is needed to put row k of each group on progeo's
     class label k. The file keeps the authors' group order and records each group's id
-    (``group_ids``), which stage 2 trains. ``keep_order=True`` copies the rows as they are
-    (for files already in progeo's order).
+    (``group_ids``), which stage 2 trains. ``authors_python``: the Python the prompts were learned
+    under ("3.8" for 3.8 and later, or "3.7": the class order depends on its tuple hash).
+    ``keep_order=True`` copies the rows as they are (for files already in progeo's order).
     """
     import open_clip
 
@@ -240,14 +241,14 @@ def import_prompts(src: str | Path, out: str | Path, *, train_set=None, keep_ord
                                       t["token_suffix"][:1].float().cpu(), tokens, int(tokens[0].argmax()), template))
     extra: dict = {"imported_from": str(src)}
     if not keep_order:
-        learners, group_ids = _to_progeo_order(learners, train_set, src)
-        extra |= {"class_order": "progeo", "group_ids": group_ids}
+        learners, group_ids = _to_progeo_order(learners, train_set, src, authors_python)
+        extra |= {"class_order": "progeo", "group_ids": group_ids, "authors_python": authors_python}
     save_prompts(out, learners, architecture=architecture, extra=extra)
     return PromptsInfo(template, learners[0].n_ctx, learners[0].eot_index, learners[0].width, length, architecture,
                        classes_per_group=[pl.n_classes for pl in learners])
 
 
-def _to_progeo_order(learners: list[PromptLearner], train_set, src: Path) -> tuple[list[PromptLearner], list[list[int]]]:
+def _to_progeo_order(learners: list[PromptLearner], train_set, src: Path, python: str) -> tuple[list[PromptLearner], list[list[int]]]:
     """The learners with their rows in progeo's class order, and the id of each group."""
     from progeo.data.authors_order import authors_order, rows_for_progeo
 
@@ -255,7 +256,7 @@ def _to_progeo_order(learners: list[PromptLearner], train_set, src: Path) -> tup
         raise ConfigError(f"the authors number the classes of a group otherwise than progeo, so the prompts of {src} "
                           "must be remapped with the train set they were learned on: pass --train-set FOLDER (and "
                           "the groups parameters if not the defaults), or --keep-order for a file already in progeo's order")
-    order = authors_order(train_set.images, train_set.groups)
+    order = authors_order(train_set.images, train_set.groups, python)
     rows = rows_for_progeo(order, [pl.n_classes for pl in learners], f"prompt file {src}")
     out = [PromptLearner(pl.cls_ctx.detach()[torch.from_numpy(r)], pl.token_prefix, pl.token_suffix, pl.tokenized_prompt,
                          pl.eot_index, pl.template) for pl, r in zip(learners, rows)]
