@@ -74,7 +74,7 @@ def test_folder_layout_and_config_fields(rn_model, tmp_path):
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["format"] == "progeo-model" and cfg["arch"] == "tiny-rn" and cfg["head"] == "gem"
     assert cfg["fc_output_dim"] == 32 and cfg["image_size"] == [64, 64]
-    assert set(cfg["preprocess"]) == {"image_size", "mean", "std", "interpolation", "resize_mode"}
+    assert set(cfg["preprocess"]) == {"image_size", "mean", "std", "interpolation", "resize_mode", "test_resize"}
     assert cfg["clip_config"]["vision_cfg"]["layers"] == [1, 1, 1, 1]
     assert progeo.load_model(tmp_path / "m").descriptor_dim == 32  # the package-level entry point
 

@@ -58,6 +58,9 @@ def register(subparsers) -> None:
     p.add_argument("--positive-dist", type=float, default=25.0, help="metres (default: %(default)s)")
     p.add_argument("--recall-values", type=int, nargs="+", default=[1, 5, 10, 20], help="N of recall@N")
     _resize(p)
+    p.add_argument("--native-size", action="store_true",
+                   help="feed test images at their own size (ResNet models; the authors' eval.py protocol, which "
+                        "models imported with import-checkpoint record; default: the model's recorded protocol)")
     p.add_argument("--index", choices=INDEX_KINDS, default="flat", help="faiss index kind (default: exact flat)")
     p.add_argument("--query-batch-size", type=int, default=None,
                    help="queries per batch (default: --batch-size; 1: the one-query-at-a-time baseline)")
@@ -146,9 +149,12 @@ def _eval(args: argparse.Namespace) -> int:
     from progeo.eval.search import IndexConfig
 
     device = _setup(args)
+    if args.native_size and args.resize:
+        raise ConfigError("--native-size and --resize contradict each other; give one")
     cfg = EvalConfig(positive_dist=args.positive_dist, recall_values=tuple(args.recall_values), batch_size=args.batch_size,
                      query_batch_size=args.query_batch_size, num_workers=_workers(args, device), device=device,
                      image_size=_size(args), resize_mode=args.resize_mode, on_bad_image=args.on_bad_image,
+                     native_size=True if args.native_size else None,
                      index=IndexConfig(kind=args.index), k=max([*args.recall_values, 5 if args.grids else 1]),
                      progress=args.progress)
     queries = args.queries or [None]

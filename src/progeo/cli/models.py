@@ -16,7 +16,12 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder (or a .safetensors file for the single-file format)")
     p.add_argument("--fc-output-dim", type=int, default=None, help="descriptor size (default: from the tensors)")
     p.add_argument("--image-size", type=int, default=None,
-                   help="input size in px (default: from the position embeddings, else 512)")
+                   help="input size in px (default: ViT: from the position embeddings; ResNet: 512, the authors' "
+                        "training size)")
+    p.add_argument("--test-resize", action="store_true",
+                   help="ResNet: record that evaluation resizes test images to --image-size (progeo's default for its "
+                        "own models); by default an imported ResNet is evaluated at the images' native size, as the "
+                        "authors' eval.py does. ViTs always resize (their --resize_test_imgs)")
     p.add_argument("--normalization", choices=("imagenet", "clip"), default="imagenet",
                    help="mean/std recorded for inputs (default imagenet: the authors' training and test pipeline)")
     p.add_argument("--normalize", action="store_true", help="ViT: L2-normalize descriptors (the paper does not)")
@@ -61,10 +66,12 @@ def _import_checkpoint(args: argparse.Namespace) -> int:
 
     report = import_checkpoint(args.src, args.backbone, args.out, fc_output_dim=args.fc_output_dim,
                                image_size=args.image_size, normalization=args.normalization, normalize=args.normalize,
-                               quick_gelu=not args.no_quick_gelu, trust_pickle=args.trust_pickle)
+                               quick_gelu=not args.no_quick_gelu, trust_pickle=args.trust_pickle,
+                               test_resize=True if args.test_resize else None)
     dropped = ", ".join(f"{n} {what}" for what, n in report.dropped.items()) or "nothing"
     print(f"imported {report.tensors_loaded} tensors ({report.mapping}) as {report.arch} "
-          f"[{report.head} head, {report.fc_output_dim}-d, {report.image_size[0]}x{report.image_size[1]} px] "
+          f"[{report.head} head, {report.fc_output_dim}-d, {report.image_size[0]}x{report.image_size[1]} px, "
+          f"tested at {'that size' if report.test_resize else 'native size'}] "
           f"-> {report.out}; ignored: {dropped}")
     for note in report.notes:
         print(f"note: {note}")

@@ -175,13 +175,13 @@ class ImageFileDataset(Dataset):
     def __init__(
         self,
         paths: Sequence[str | os.PathLike],
-        image_size: int | Sequence[int],
+        image_size: int | Sequence[int] | None,
         resize_mode: ResizeMode = "resize",
         fast_jpeg: bool = True,
     ):
         _check_option(resize_mode, RESIZE_MODES, "resize_mode")
         self.paths = _PathTable(paths)
-        self.image_size = as_size(image_size)
+        self.image_size = None if image_size is None else as_size(image_size)  # None: native size
         self.resize_mode = resize_mode
         self.fast_jpeg = fast_jpeg
 
@@ -216,17 +216,35 @@ def collate_decoded(items: Sequence[DecodedItem]) -> CollatedBatch:
     return CollatedBatch(images, indices, errors)
 
 
+def collate_by_size(items: Sequence[DecodedItem]) -> list[CollatedBatch]:
+    """Native-size decoding: one stacked batch per run of consecutive images of one size (order
+    kept); the bad items are reported with the first."""
+    runs: list[list[DecodedItem]] = []
+    for item in items:
+        if item.image is None:
+            continue
+        if runs and runs[-1][-1].image.shape == item.image.shape:  # type: ignore[union-attr]
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    batches = [collate_decoded(run) for run in runs] or [collate_decoded([])]
+    batches[0].errors = [(item.index, item.error or "unknown error") for item in items if item.image is None]
+    return batches
+
+
 class ImageBatches:
     """Iterable of ``(uint8 images B x 3 x H x W, int64 indices B)`` over a path list.
 
     ``indices`` are positions in the input list, in order; skipped images are missing from
     them and listed in :attr:`skipped_indices` / :attr:`skipped_paths` (filled while iterating).
+    ``image_size=None`` keeps every image at its native size: a batch of images of several
+    sizes is then yielded as one batch per run of equal size.
     """
 
     def __init__(
         self,
         paths: Sequence[str | os.PathLike],
-        image_size: int | Sequence[int],
+        image_size: int | Sequence[int] | None,
         batch_size: int = 32,
         num_workers: int = 0,
         on_bad_image: BadImagePolicy = "fail",
@@ -267,22 +285,23 @@ class ImageBatches:
             batch_size=self.batch_size,
             shuffle=False,
             num_workers=self.effective_workers,
-            collate_fn=collate_decoded,
+            collate_fn=collate_decoded if self.dataset.image_size is not None else collate_by_size,
             pin_memory=self.pin_memory,
         )
-        for batch in loader:
-            for index, message in batch.errors:
-                if self.on_bad_image == "fail":
-                    raise ImageDecodeError(message)
-                logger.warning("skipping bad image: %s", message)
-                self.skipped_indices.append(index)
-            if len(batch.indices):
-                yield batch.images, batch.indices
+        for collated in loader:
+            for batch in (collated if isinstance(collated, list) else [collated]):
+                for index, message in batch.errors:
+                    if self.on_bad_image == "fail":
+                        raise ImageDecodeError(message)
+                    logger.warning("skipping bad image: %s", message)
+                    self.skipped_indices.append(index)
+                if len(batch.indices):
+                    yield batch.images, batch.indices
 
 
 def iter_image_batches(
     paths: Sequence[str | os.PathLike],
-    image_size: int | Sequence[int],
+    image_size: int | Sequence[int] | None,
     batch_size: int = 32,
     num_workers: int = 0,
     on_bad_image: BadImagePolicy = "fail",

@@ -49,8 +49,9 @@ def describe_files(model, paths: Sequence[str], *, batch_size: int = 64, device:
                    num_workers: int = 0, on_bad_image: str = "fail", image_size=None, resize_mode: str = "resize",
                    amp: bool = True, channels_last: bool | None = None, progress: bool = True,
                    desc: str = "descriptors", utms: np.ndarray | None = None,
-                   save_dir: str | os.PathLike | None = None, meta=None) -> Described:
-    """Describe image files in batches (``image_size``: the model's when None).
+                   save_dir: str | os.PathLike | None = None, meta=None, native: bool = False) -> Described:
+    """Describe image files in batches (``image_size``: the model's when None; ``native``: every
+    image at its own size, consecutive images of one size batched together).
 
     With ``save_dir`` (and ``meta``, a :class:`~progeo.eval.descriptors_io.DescriptorsMeta`) the
     returned descriptors are the saved float16 memory map; otherwise a float32 array.
@@ -58,7 +59,7 @@ def describe_files(model, paths: Sequence[str], *, batch_size: int = 64, device:
     from progeo.data.images import iter_image_batches
     from progeo.eval.descriptors_io import DescriptorsWriter
 
-    batches = iter_image_batches(paths, image_size or model.image_size, batch_size=batch_size,
+    batches = iter_image_batches(paths, None if native else image_size or model.image_size, batch_size=batch_size,
                                  num_workers=num_workers, on_bad_image=on_bad_image, resize_mode=resize_mode,
                                  device=device)
     utms = np.zeros((len(paths), 2)) if utms is None else np.asarray(utms, dtype=np.float64)

@@ -42,7 +42,7 @@ class DescriptorsMeta:
     """What the vectors are; ``count`` and ``dim`` are filled in by the writer."""
 
     model: str
-    image_size: tuple[int, int]
+    image_size: tuple[int, int] | None  # None: images described at their native size
     dataset: str = ""
     split: str = ""
     dim: int = 0
@@ -135,7 +135,8 @@ class DescriptorsWriter:
         else:
             (self.folder / UTMS_FILE).unlink(missing_ok=True)
         meta = DescriptorsMeta(**{**asdict(self.meta), "dim": self.dim, "count": self.count, "has_utms": has_utms})
-        write_json_atomic(self.folder / META_FILE, {**asdict(meta), "image_size": list(meta.image_size)})
+        size = list(meta.image_size) if meta.image_size is not None else None
+        write_json_atomic(self.folder / META_FILE, {**asdict(meta), "image_size": size})
         logger.info("saved %d descriptors of dim %d to %s", self.count, self.dim, self.folder)
         return load_descriptors(self.folder)
 
@@ -180,7 +181,7 @@ def load_descriptors(
         raise DatasetError(f"{meta_path} is missing: {folder} is not a complete descriptors folder, extract the descriptors again")
     try:
         raw = json.loads(meta_path.read_text(encoding="utf-8"))
-        raw["image_size"] = tuple(raw["image_size"])
+        raw["image_size"] = tuple(raw["image_size"]) if raw["image_size"] is not None else None
         meta = DescriptorsMeta(**raw)
     except (ValueError, KeyError, TypeError) as exc:
         raise DatasetError(f"{meta_path} is not valid descriptors metadata ({exc}): extract the descriptors again") from exc

@@ -52,8 +52,11 @@ class EvalConfig:
     query_batch_size: int | None = None  # None: batch_size; 1: the one-query-at-a-time baseline
     num_workers: int = 0  # decoding processes (0: in the main process)
     device: str = "cpu"
-    image_size: tuple[int, int] | None = None  # None: the model's
+    image_size: tuple[int, int] | None = None  # None: the model's (see native_size)
     resize_mode: str = "resize"  # the VG test transform: stretch to image_size
+    # True: images at their native size (the authors' eval.py without --resize_test_imgs); None:
+    # as the model's preprocessing says (test_resize); ignored when image_size is given
+    native_size: bool | None = None
     on_bad_image: str = "fail"
     index: IndexConfig = field(default_factory=IndexConfig)
     k: int | None = None  # predictions kept per query (None: the largest recall value)
@@ -94,7 +97,7 @@ class FolderResult:
     def as_dict(self) -> dict:
         return {
             "model": self.queries.model, "dataset": self.dataset, "queries_folder": self.queries_folder,
-            "image_size": list(self.image_size) if self.image_size else None,
+            "image_size": list(self.image_size) if self.image_size else "native",
             "database_num": len(self.database.rows), "database_skipped": len(self.database.skipped),
             "queries_num": self.recall.queries_num, "queries_skipped": len(self.queries.skipped),
             "queries_without_positives": self.recall.queries_without_positives,
@@ -142,6 +145,20 @@ def evaluate_queries(index, database: Described, queries: Described, cfg: EvalCo
     return FolderResult(dataset, queries_folder, recall, predictions, scores, database, queries, seconds)
 
 
+def eval_image_size(model, cfg: EvalConfig) -> tuple[int, int] | None:
+    """The size test images are resized to, or None for their native size (ResNet models only)."""
+    if cfg.image_size:
+        return tuple(cfg.image_size)
+    pre = getattr(model, "preprocess_config", None)
+    native = cfg.native_size if cfg.native_size is not None else (pre is not None and not pre.test_resize)
+    if not native:
+        return tuple(model.image_size)
+    if getattr(model, "family", "resnet") != "resnet":
+        raise ConfigError(f"a {model.config.arch} ViT model takes only {model.image_size[0]}x{model.image_size[1]} "
+                          "images, not native-size ones; drop --native-size")
+    return None
+
+
 def load_model_or_backbone(spec: str, device: str | torch.device = "cpu", image_size=None, weights=None):
     """A saved model (folder or ``.safetensors`` file), or for a backbone name (``RN50:openai``,
     ``ViT-B/16:openai``, ``tiny-vit``) a new, not trained model: the zero-shot baseline.
@@ -186,13 +203,13 @@ def evaluate_test_set(model, test_sets: Sequence, cfg: EvalConfig = EvalConfig()
     first = test_sets[0]
     if any(t.root != first.root for t in test_sets):
         raise ConfigError("evaluate_test_set: every test set must share one database (one root folder)")
-    size = tuple(cfg.image_size or model.image_size)
+    size = eval_image_size(model, cfg)
     was_training = getattr(model, "training", False)
 
     def describe(paths, utms, split, batch_size):
         meta = DescriptorsMeta(model=model_name, image_size=size, dataset=os.path.abspath(first.root), split=split)
         return describe_files(model, paths, batch_size=batch_size, device=cfg.device, num_workers=cfg.num_workers,
-                              on_bad_image=cfg.on_bad_image, image_size=size, resize_mode=cfg.resize_mode,
+                              on_bad_image=cfg.on_bad_image, image_size=size, native=size is None, resize_mode=cfg.resize_mode,
                               amp=cfg.amp, channels_last=cfg.channels_last, progress=cfg.progress,
                               desc=f"describing {first.root.name}/{split}", utms=utms, meta=meta,
                               save_dir=None if save_dir is None else Path(save_dir) / split)
@@ -239,7 +256,7 @@ def evaluate_saved(folder: str | os.PathLike, queries_folders: Sequence[str | No
             raise DatasetError(f"{folder / name} was described by {queries.model!r} but its database by "
                                f"{database.model!r}; save both with the same model")
         result = evaluate_queries(index, database, queries, cfg, dataset=meta.dataset, queries_folder=name)
-        result.seconds["index"], result.image_size = index_seconds, tuple(meta.image_size)
+        result.seconds["index"], result.image_size = index_seconds, meta.image_size and tuple(meta.image_size)
         results.append(result)
     return results
 

@@ -8,6 +8,7 @@ load and give their CLIP image embedding, but have no feature map, resizing or p
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -41,36 +42,42 @@ def _pair(size) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """How images must be prepared for a model; saved with it. ``image_size`` is (height, width)."""
+    """How images must be prepared for a model; saved with it. ``image_size`` is (height, width).
+
+    ``test_resize``: whether evaluation resizes test images to ``image_size`` (progeo's default,
+    and the authors' ``--resize_test_imgs``), or feeds them at their native size (the authors'
+    default test protocol, used for their ResNet models; a ViT takes only its own size).
+    """
 
     image_size: tuple[int, int]
     mean: tuple[float, float, float] = OPENAI_MEAN
     std: tuple[float, float, float] = OPENAI_STD
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"  # open_clip's vocabulary: shortest | longest | squash
+    test_resize: bool = True
 
     def to_dict(self) -> dict:
         return {"image_size": list(self.image_size), "mean": list(self.mean), "std": list(self.std),
-                "interpolation": self.interpolation, "resize_mode": self.resize_mode}
+                "interpolation": self.interpolation, "resize_mode": self.resize_mode, "test_resize": self.test_resize}
 
     @classmethod
     def from_dict(cls, d: dict) -> PreprocessConfig:
         try:
             return cls(image_size=_pair(d["image_size"]), mean=tuple(float(v) for v in d["mean"]),
                        std=tuple(float(v) for v in d["std"]), interpolation=str(d.get("interpolation", "bicubic")),
-                       resize_mode=str(d.get("resize_mode", "shortest")))
+                       resize_mode=str(d.get("resize_mode", "shortest")), test_resize=bool(d.get("test_resize", True)))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"preprocessing config {d!r} is malformed ({exc}); it needs image_size, mean and std") from exc
 
     def with_size(self, size) -> PreprocessConfig:
-        return PreprocessConfig(_pair(size), self.mean, self.std, self.interpolation, self.resize_mode)
+        return dataclasses.replace(self, image_size=_pair(size))
 
     def with_normalization(self, normalization: str) -> PreprocessConfig:
         """``"clip"``: keep the weights' own mean/std; ``"imagenet"``: ImageNet's (the authors' pipeline)."""
         if normalization == "clip":
             return self
         if normalization == "imagenet":
-            return PreprocessConfig(self.image_size, IMAGENET_MEAN, IMAGENET_STD, self.interpolation, self.resize_mode)
+            return dataclasses.replace(self, mean=IMAGENET_MEAN, std=IMAGENET_STD)
         raise ConfigError(f"normalization {normalization!r} is not 'clip' or 'imagenet'")
 
 

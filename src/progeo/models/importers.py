@@ -53,6 +53,7 @@ class ImportReport:
     mapping: str  # "names" or "sequential order"
     dropped: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    test_resize: bool = True  # False: evaluated at the images' native size
 
 
 def _split_source(state: dict[str, torch.Tensor]) -> tuple[dict, dict, dict[str, int]]:
@@ -107,12 +108,18 @@ def _map_sequential(image: dict[str, torch.Tensor], visual: torch.nn.Module) -> 
 
 def import_checkpoint(src: str | Path, backbone: str, out: str | Path, *, fc_output_dim: int | None = None,
                       image_size=None, normalization: str = "imagenet", normalize: bool = False,
-                      quick_gelu: bool = True, trust_pickle: bool = False, single_file: bool | None = None) -> ImportReport:
+                      quick_gelu: bool = True, trust_pickle: bool = False, single_file: bool | None = None,
+                      test_resize: bool | None = None) -> ImportReport:
     """Convert a ProGEO/CosPlace state dict into a saved progeo model at ``out``.
 
     ``backbone`` names the architecture (``RN50``, ``ViT-B/16``...; a ``:tag`` is ignored: all
-    weights come from the file). ``fc_output_dim`` and ``image_size`` default to what the tensors
-    imply (ViT: the position-embedding grid; ResNet: the attention pool's grid, else 512).
+    weights come from the file). ``fc_output_dim`` defaults to what the tensors imply.
+    The recorded preprocessing is the authors' protocol (their ``--image_size`` 512 training
+    size, and their eval.py): ``image_size`` defaults to the ViT's position-embedding grid
+    (512 px for their checkpoints) and to 512 for ResNets (the attention-pool grid, 224 px, is
+    CLIP's pretraining size, not theirs). ``test_resize`` defaults to False for ResNets (their
+    test images are fed at native size unless ``--resize_test_imgs``) and True for ViTs (which
+    take only their own size; the authors evaluate them with ``--resize_test_imgs``).
     ``normalization`` defaults to ImageNet mean/std, what the authors trained and tested with;
     ``quick_gelu`` to True (OpenAI CLIP weights).
     """
@@ -136,12 +143,13 @@ def import_checkpoint(src: str | Path, backbone: str, out: str | Path, *, fc_out
         if head:
             raise CheckpointError(f"a ViT ProGEO model has no aggregation head, the file has {', '.join(list(head)[:3])}")
     else:
-        pool = next((v for k, v in image.items() if k.endswith("positional_embedding")), None)  # attention pool
-        size = backbones._pair(image_size) if image_size else (backbones._pair(round((pool.shape[0] - 1) ** 0.5) * 32)
-                                                               if pool is not None else (512, 512))
+        size = backbones._pair(image_size or 512)
         lin = head.get("aggregation.3.weight")
         dim = int(fc_output_dim or (lin.shape[0] if lin is not None else clip_cfg["embed_dim"]))
-    preprocess = PreprocessConfig(size).with_normalization(normalization)
+    if test_resize is False and family == "vit":
+        raise ConfigError(f"a ViT takes only {size[0]}x{size[1]} images: its test images must be resized (drop test_resize=False)")
+    test_resize = family == "vit" if test_resize is None else bool(test_resize)
+    preprocess = PreprocessConfig(size, test_resize=test_resize).with_normalization(normalization)
     config = ModelConfig(arch=arch, clip_config=clip_cfg, head="gem" if family == "resnet" else "clip",
                          fc_output_dim=dim, preprocess=preprocess, normalize=normalize,
                          provenance={"imported_from": str(src), "source_bytes": src.stat().st_size})
@@ -170,7 +178,7 @@ def import_checkpoint(src: str | Path, backbone: str, out: str | Path, *, fc_out
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     model.config.provenance["mapping"] = mapping
     save_model(model, out, single_file=single_file)
-    return ImportReport(Path(out), arch, config.head, dim, size, len(state), mapping, dropped, notes)
+    return ImportReport(Path(out), arch, config.head, dim, size, len(state), mapping, dropped, notes, test_resize)
 
 
 # -- prompts -------------------------------------------------------------------------------------
