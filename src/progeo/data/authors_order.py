@@ -86,16 +86,23 @@ def check_authors_image_list(images) -> None:
     With a paths file both sides read the file as it is. A folder walk must list only what their
     ``glob("**/*.jpg")`` finds: ``.jpg`` names (lower case) outside hidden files and folders.
     """
-    if images.source is not None:
+    if images.source is not None or len(images) == 0:
         return
-    for i in range(len(images)):
-        rel = images.relative_path(i)
-        parts = rel.replace("\\", "/").split("/")
-        if not rel.endswith(".jpg") or any(p.startswith(".") for p in parts):
-            raise ConfigError(
-                f"{images.root} holds {rel!r}, which the authors' code does not read (it globs **/*.jpg, "
-                f"case-sensitive, without hidden files), so their classes differ from progeo's; write the "
-                f"list they used to {images.root.name}_images_paths.txt beside the folder and retry")
+    arr = np.frombuffer(images.buffer, dtype=np.uint8)
+    starts, ends = images.starts, images.ends
+    bad = ends - starts < 4
+    for k, byte in enumerate(b".jpg"):
+        bad |= np.take(arr, ends - 4 + k, mode="clip") != byte
+    bad |= np.take(arr, starts, mode="clip") == ord(".")  # a hidden first component
+    dots = np.flatnonzero(arr == ord("."))
+    hidden = dots[np.take(arr, dots - 1, mode="clip") == ord("/")]  # a hidden later component
+    bad[np.searchsorted(starts, hidden, side="right") - 1] = True
+    if bad.any():
+        rel = images.relative_path(int(np.flatnonzero(bad)[0]))
+        raise ConfigError(
+            f"{images.root} holds {rel!r}, which the authors' code does not read (it globs **/*.jpg, "
+            f"case-sensitive, without hidden files), so their classes differ from progeo's; write the "
+            f"list they used to {images.root.name}_images_paths.txt beside the folder and retry")
 
 
 def authors_order(images, groups: CosPlaceGroups, python: str = "3.8") -> list[AuthorsGroup]:
