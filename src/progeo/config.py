@@ -175,7 +175,7 @@ class Stage2Config(GroupsFields, ModelFields, ResumeFields, RunConfig):
     freeze_trans: int = 6
     train_all_layers: bool = False
     # data and optimisation
-    groups_num: int = 8
+    groups_num: int = 8  # progeo's first groups, or the first groups an imported prompts file names
     epochs: int = 64
     iterations_per_epoch: int = 10_000
     batch_size: int = 32  # global batch; split evenly over the processes under torchrun

@@ -4,7 +4,9 @@ Per group, a CosFace classifier with its own Adam; epoch ``e`` trains group ``e 
 and only that group's classifier (and its optimizer state) lives on the device. The loss is
 ``CE(CosFace(desc), y) + w_text * LS-CE(desc @ T_g^T, y) [+ w_tri * soft triplet]`` where ``T_g``
 are the text features of all classes of group g, computed once from the frozen prompts.
-``text_loss=False`` is plain CosPlace on the same backbone (no prompts needed).
+``text_loss=False`` is plain CosPlace on the same backbone (no prompts needed). The groups are
+progeo's first ``groups_num``, or, for prompts imported from the authors (which name their
+groups, numbered otherwise), the first ``groups_num`` the prompts file names.
 
 After every epoch: recall on the val set; the best (R@1) and the last model are saved in the
 models' format (``RUN/best_model``, ``RUN/last_model``; ``progeo.load_model`` reads them) and the
