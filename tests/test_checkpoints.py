@@ -85,6 +85,31 @@ def _edit_config(folder: Path, **changes):
     (folder / "config.json").write_text(json.dumps(cfg))
 
 
+def test_search_metric_is_a_saved_property_of_the_model(rn_model, vit_model, tmp_path):
+    # the head decides: GeM and normalized CLIP embeddings are unit vectors (cosine); the authors'
+    # ViT head returns the raw embedding, which they rank by Euclidean distance (l2)
+    assert (rn_model.metric, vit_model.metric) == ("cosine", "l2")
+    assert GeoLocalizer.from_clip(load_clip("tiny-vit"), normalize=True).metric == "cosine"
+    assert GeoLocalizer.from_clip(load_clip("tiny-vit"), metric="cosine").metric == "cosine"  # explicit wins
+    for model, name in ((rn_model, "rn"), (vit_model, "vit")):
+        save_model(model, tmp_path / name)
+        assert json.loads((tmp_path / name / "config.json").read_text())["metric"] == model.metric
+        assert load_model(tmp_path / name).metric == read_model_config(tmp_path / name).metric == model.metric
+        cfg = json.loads((tmp_path / name / "config.json").read_text())
+        del cfg["metric"]  # a model saved before the metric was recorded gets its head's
+        (tmp_path / name / "config.json").write_text(json.dumps(cfg))
+        assert load_model(tmp_path / name).metric == model.metric
+    _edit_config(tmp_path / "vit", metric="cosine")  # a recorded choice is kept
+    assert load_model(tmp_path / "vit").metric == "cosine"
+    _edit_config(tmp_path / "vit", metric="manhattan")
+    with pytest.raises(CheckpointError, match="metric='manhattan'; expected one of cosine, l2"):
+        load_model(tmp_path / "vit")
+    state = {f"backbone.{k}": v for k, v in vit_model.backbone.state_dict().items()}
+    torch.save(state, tmp_path / "vit.pth")
+    import_checkpoint(tmp_path / "vit.pth", "tiny-vit", tmp_path / "imported", quick_gelu=False)
+    assert read_model_config(tmp_path / "imported").metric == "l2"  # the authors' ViT evaluation
+
+
 def test_wrong_architecture_is_explained(rn_model, vit_model, tmp_path):
     save_model(rn_model, tmp_path / "m")
     vit_cfg = vit_model.config.to_dict()

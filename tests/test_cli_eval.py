@@ -7,6 +7,7 @@ import json
 import shutil
 
 import faiss
+import numpy as np
 import pytest
 import torch
 
@@ -85,7 +86,7 @@ def test_index_build_then_localize(tiny_world, model_dir, tmp_path, capsys):
     index = tmp_path / "index"
     assert main(["index", "build", "--model", model_dir, "--database", str(tiny_world / "test" / "database"),
                  "--out", str(index), "--index", "hnsw", *FAST]) == 0
-    assert "indexed 192 images (hnsw)" in capsys.readouterr().out
+    assert "indexed 192 images (hnsw, l2 metric)" in capsys.readouterr().out
     night = tiny_world / "test" / "queries_night"
     one = sorted((tiny_world / "test" / "queries").iterdir())[0]
     files = {k: tmp_path / f"p.{k}" for k in ("json", "geojson", "html", "jpg")}
@@ -99,6 +100,73 @@ def test_index_build_then_localize(tiny_world, model_dir, tmp_path, capsys):
     features = json.loads(files["geojson"].read_text())["features"]
     assert len(features) == 31 * 4 and features[0]["geometry"]["coordinates"] == [predictions[0]["lon"], predictions[0]["lat"]]
     assert "leaflet" in files["html"].read_text().lower() and files["jpg"].stat().st_size > 1000
+
+
+def _reference_recalls(saved, folder: str, metric: str) -> dict:
+    """Recall@N of saved descriptors by brute force in numpy (Euclidean on raw or unit vectors)."""
+    from progeo.eval.descriptors_io import load_descriptors
+    from progeo.eval.recall import compute_recalls
+
+    db, q = (load_descriptors(saved / f).descriptors.astype(np.float64) for f in ("database", folder))
+    if metric == "cosine":
+        db, q = db / np.linalg.norm(db, axis=1, keepdims=True), q / np.linalg.norm(q, axis=1, keepdims=True)
+    ids = np.argsort(((q[:, None, :] - db[None, :, :]) ** 2).sum(axis=2), axis=1, kind="stable")[:, :20]
+    utms = (load_descriptors(saved / f).utms for f in (folder, "database"))
+    return {f"R@{n}": v for n, v in compute_recalls(ids, *utms).recalls.items()}
+
+
+def test_saving_descriptors_does_not_change_the_recalls(tiny_world, tmp_path):
+    from progeo.models import build_model, save_model
+
+    torch.manual_seed(4)  # with these weights, searching the float16 copy gave occlusion R@5 56.7 instead of 60.0
+    model = str(save_model(build_model("tiny-rn"), tmp_path / "model"))
+    for out, extra in (("plain", []), ("saving", ["--save-descriptors", str(tmp_path / "saved")])):
+        assert main(["eval", "--model", model, "--test-set", str(tiny_world / "test"), "--queries", "all",
+                     "--out", str(tmp_path / out), *extra, *FAST]) == 0
+    assert _recalls(tmp_path / "saving") == _recalls(tmp_path / "plain")
+    assert (tmp_path / "saved" / "tiny_world__test" / "queries_occlusion" / "meta.json").is_file()
+
+
+def test_metric_is_the_models_unless_overridden(tiny_world, model_dir, tmp_path, capsys):
+    test_set, name = str(tiny_world / "test"), "tiny_world/test/queries_night"
+    saved = tmp_path / "saved"
+    assert main(["eval", "--model", model_dir, "--test-set", test_set, "--queries", "queries_night",
+                 "--out", str(tmp_path / "m"), "--save-descriptors", str(saved), *FAST]) == 0
+    assert "flat index, l2 metric" in capsys.readouterr().out  # tiny-vit: the authors' ViT head, not normalized
+    results = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert results["metric"] == "l2" and results["results"][0]["metric"] == "l2"
+    saved_set = saved / "tiny_world__test"
+    assert json.loads((saved_set / "database" / "meta.json").read_text())["metric"] == "l2"
+    for metric, extra in (("l2", []), ("cosine", ["--metric", "cosine"])):  # saved: their metric, or overridden
+        out = tmp_path / f"d_{metric}"
+        assert main(["eval", "--descriptors", str(saved), "--queries", "queries_night", "--out", str(out), *extra, *FAST]) == 0
+        assert json.loads((out / "results.json").read_text())["metric"] == metric
+        assert _recalls(out)[name] == pytest.approx(_reference_recalls(saved_set, "queries_night", metric))
+    assert main(["eval", "--model", model_dir, "--test-set", test_set, "--queries", "queries_night", "--metric", "cosine",
+                 "--out", str(tmp_path / "c"), *FAST]) == 0
+    assert json.loads((tmp_path / "c" / "results.json").read_text())["metric"] == "cosine"
+
+    database = str(tiny_world / "test" / "database")
+    photos = sorted((tiny_world / "test" / "queries_night").iterdir())[:5]
+    predictions = {}
+    for metric in ("l2", "cosine"):
+        extra = ["--metric", "cosine"] if metric == "cosine" else []
+        assert main(["index", "build", "--model", model_dir, "--database", database, "--out", str(tmp_path / metric),
+                     *extra, *FAST]) == 0
+        info = json.loads((tmp_path / metric / "index.json").read_text())
+        assert info["metric"] == info["index"]["metric"] == metric
+        for search_metric in ("l2", "cosine"):  # the index's, or re-indexed in memory for the other
+            out = tmp_path / f"{metric}_{search_metric}.json"
+            assert main(["localize", *map(str, photos), "--index", str(tmp_path / metric), "--json", str(out),
+                         "--metric", search_metric, *FAST]) == 0
+            assert f"({search_metric} metric)" in capsys.readouterr().out
+            written = json.loads(out.read_text())
+            assert written["metric"] == search_metric
+            predictions[metric, search_metric] = [[m["database_index"] for m in p["matches"]] for p in written["predictions"]]
+            scores = [m["score"] for p in written["predictions"] for m in p["matches"]]
+            assert all(s <= 0 for s in scores) if search_metric == "l2" else all(-1 <= s <= 1 for s in scores)
+    assert predictions["l2", "l2"] == predictions["cosine", "l2"]
+    assert predictions["cosine", "cosine"] == predictions["l2", "cosine"]
 
 
 def test_cli_errors(tiny_world, model_dir, tmp_path, capsys):

@@ -42,7 +42,7 @@ class Counting:
 
     def __init__(self, model):
         self.model, self.described = model, 0
-        self.image_size, self.descriptor_dim = model.image_size, model.descriptor_dim
+        self.image_size, self.descriptor_dim, self.metric = model.image_size, model.descriptor_dim, model.metric
 
     def describe(self, images, **kw):
         self.described += len(images)
@@ -143,6 +143,46 @@ def test_bad_image_skip_excludes_database_images_and_counts_queries_as_misses(br
     again = evaluate_saved(tmp_path / "saved", cfg=cfg)[0]
     assert again.recall.recalls == result.recall.recalls and again.recall.queries_num == 30
     assert again.as_dict()["database_skipped"] == 1 and again.as_dict()["queries_skipped"] == 1
+
+
+def _reference_ids(database: np.ndarray, queries: np.ndarray, metric: str, k: int = 20) -> np.ndarray:
+    """Top-k by brute force in float64: Euclidean distance of the raw vectors, or cosine."""
+    d, q = database.astype(np.float64), queries.astype(np.float64)
+    if metric == "cosine":
+        d, q = d / np.linalg.norm(d, axis=1, keepdims=True), q / np.linalg.norm(q, axis=1, keepdims=True)
+    dist = ((q[:, None, :] - d[None, :, :]) ** 2).sum(axis=2)
+    return np.argsort(dist, axis=1, kind="stable")[:, :k]
+
+
+def test_evaluation_searches_with_the_models_metric(tiny_world, model):
+    sets = open_test_sets(tiny_world / "test", ["queries_night"])
+    database = describe_files(model, sets[0].database_paths, **QUIET).descriptors
+    queries = describe_files(model, sets[0].queries_paths, **QUIET).descriptors
+    norms = np.linalg.norm(database, axis=1)
+    assert model.metric == "l2" and norms.max() / norms.min() > 1.1  # raw ViT embeddings
+    for metric, index in (("l2", IndexConfig()), ("cosine", IndexConfig(metric="cosine")), ("l2", IndexConfig(kind="hnsw"))):
+        result = evaluate_test_set(model, sets, EvalConfig(index=index, **QUIET))[0]
+        reference = compute_recalls(_reference_ids(database, queries, metric), sets[0].queries_utms, sets[0].database_utms)
+        assert result.metric == result.as_dict()["metric"] == metric
+        assert result.recall.recalls == pytest.approx(reference.recalls)
+        assert evaluate(model, sets[0], progress=False, index=index).recalls == pytest.approx(reference.recalls)
+        if metric == "l2":  # scores: minus the Euclidean distance
+            dist = np.linalg.norm(queries[:, None, :] - database[result.predictions], axis=2)
+            np.testing.assert_allclose(result.scores, -dist, rtol=1e-3, atol=1e-3)
+
+
+def test_saving_descriptors_does_not_change_the_run(tiny_world, model, tmp_path):
+    sets = open_test_sets(tiny_world / "test", ["all"])
+    plain = evaluate_test_set(model, sets, EvalConfig(**QUIET))
+    saving = evaluate_test_set(model, sets, EvalConfig(**QUIET), save_dir=tmp_path / "saved")
+    for a, b in zip(plain, saving):
+        assert a.recall.recalls == b.recall.recalls
+        assert np.array_equal(a.predictions, b.predictions) and np.array_equal(a.scores, b.scores)
+    # evaluated later from the float16 copy, with the metric saved with it: float16 rounding only
+    later = evaluate_saved(tmp_path / "saved", ["all"], EvalConfig(**QUIET))
+    for a, b in zip(plain, later):
+        assert b.metric == "l2" and b.queries_folder == a.queries_folder
+        np.testing.assert_allclose(b.scores[:, 0], a.scores[:, 0], rtol=2e-3, atol=2e-3)
 
 
 def test_bad_inputs(tiny_world, tmp_path):

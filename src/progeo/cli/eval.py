@@ -36,6 +36,16 @@ def _resize(p: argparse.ArgumentParser) -> None:
                    help="resize: stretch to the size, the VG test transform (default); center-crop: keep the aspect")
 
 
+def _metric(p: argparse.ArgumentParser, what: str) -> None:
+    from progeo.eval.search import METRICS
+
+    p.add_argument("--metric", choices=METRICS, default=None,
+                   help=f"search metric (default: {what}). cosine: L2-normalized descriptors, scores are cosine "
+                        "similarities; l2: raw descriptors by Euclidean distance, as the ProGEO authors evaluate "
+                        "(their ViT models), scores are minus the distance. Saved models record theirs: l2 for "
+                        "ViT (CLIP-embedding) heads without normalization, cosine for GeM and normalized heads")
+
+
 def register(subparsers) -> None:
     from progeo.eval.search import INDEX_KINDS
 
@@ -62,10 +72,13 @@ def register(subparsers) -> None:
                    help="feed test images at their own size (ResNet models; the authors' eval.py protocol, which "
                         "models imported with import-checkpoint record; default: the model's recorded protocol)")
     p.add_argument("--index", choices=INDEX_KINDS, default="flat", help="faiss index kind (default: exact flat)")
+    _metric(p, "the model's; with --descriptors, the one saved with them")
     p.add_argument("--query-batch-size", type=int, default=None,
                    help="queries per batch (default: --batch-size; 1: the one-query-at-a-time baseline)")
     p.add_argument("--save-descriptors", metavar="DIR", default=None,
-                   help="keep float16 descriptors with their paths in DIR/<dataset>/<database|query folder>/")
+                   help="keep float16 descriptors with their paths in DIR/<dataset>/<database|query folder>/ "
+                        "(this run's recalls are not affected; evaluating the saved copy later may differ by "
+                        "float16 rounding)")
     p.add_argument("--out", default="progeo_eval", metavar="DIR", help="results folder (default: %(default)s)")
     p.add_argument("--grids", type=int, default=0, metavar="N", help="draw N queries with their top-5 per query folder")
     p.add_argument("--only-wrong", action="store_true", help="grids: only queries whose top-1 is wrong")
@@ -87,17 +100,21 @@ def register(subparsers) -> None:
     b.add_argument("--out", required=True, metavar="INDEX_DIR", help="index folder to write")
     b.add_argument("--index", choices=INDEX_KINDS, default="flat",
                    help="faiss index kind (default: flat; ivfpq for millions of images)")
+    _metric(b, "the model's; saved with the index")
     _resize(b)
     _decoding(b)
     b.set_defaults(func=_index_build)
 
     p = subparsers.add_parser(
         "localize", help="predict where photos were taken from an index",
-        description="For each photo: the position of its best match (lat/lon and UTM), a confidence (the similarity "
-                    "gap to the best match of another place) and the top-k matches with their distances to the best.")
+        description="For each photo: the position of its best match (lat/lon and UTM), a confidence (the score "
+                    "gap to the best match of another place) and the top-k matches with their distances to the best. "
+                    "Scores are higher-is-better: cosine similarities, or minus the Euclidean distance between "
+                    "descriptors for the l2 metric (the index's, see --metric).")
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="image files or folders of images")
     p.add_argument("--index", required=True, metavar="INDEX_DIR", help="a folder written by `progeo index build`")
     p.add_argument("--top-k", type=int, default=5, help="matches per photo (default: %(default)s)")
+    _metric(p, "the index's; another one re-indexes its saved descriptors in memory")
     p.add_argument("--json", metavar="FILE", help="write the predictions as JSON")
     p.add_argument("--geojson", metavar="FILE", help="write predictions and matches as GeoJSON")
     p.add_argument("--map", metavar="FILE.html", help="write an interactive map (folium)")
@@ -155,7 +172,8 @@ def _eval(args: argparse.Namespace) -> int:
                      query_batch_size=args.query_batch_size, num_workers=_workers(args, device), device=device,
                      image_size=_size(args), resize_mode=args.resize_mode, on_bad_image=args.on_bad_image,
                      native_size=True if args.native_size else None,
-                     index=IndexConfig(kind=args.index), k=max([*args.recall_values, 5 if args.grids else 1]),
+                     index=IndexConfig(kind=args.index, metric=args.metric),
+                     k=max([*args.recall_values, 5 if args.grids else 1]),
                      progress=args.progress)
     queries = args.queries or [None]
     results = []
@@ -184,8 +202,10 @@ def _eval(args: argparse.Namespace) -> int:
             save = Path(args.save_descriptors) / names[str(root)].replace("/", "__") if args.save_descriptors else None
             results += evaluate_test_set(model, open_test_sets(root, queries, args.positive_dist), cfg,
                                          model_name=model_name, save_dir=save)
-    print(format_results_table(results, title=f"{model_name} ({args.index} index, positives within {args.positive_dist:g} m)"))
-    run = {"model": model_name, "index": args.index, "positive_dist_m": args.positive_dist,
+    metric = results[0].metric
+    print(format_results_table(results, title=f"{model_name} ({args.index} index, {metric} metric, "
+                                              f"positives within {args.positive_dist:g} m)"))
+    run = {"model": model_name, "index": args.index, "metric": metric, "positive_dist_m": args.positive_dist,
            "query_batch_size": args.query_batch_size or args.batch_size, "device": device}
     written = write_results(results, args.out, run=run, grids=args.grids, only_wrong=args.only_wrong, plot=args.plot,
                             positive_dist=args.positive_dist)
@@ -200,31 +220,38 @@ def _index_build(args: argparse.Namespace) -> int:
 
     device = _setup(args)
     model = load_model_or_backbone(args.model, device, _size(args), args.weights)
-    s = build_index_folder(model, args.database, args.out, index=IndexConfig(kind=args.index), model_ref=args.model,
-                           batch_size=args.batch_size, device=device, num_workers=_workers(args, device),
+    s = build_index_folder(model, args.database, args.out, index=IndexConfig(kind=args.index, metric=args.metric),
+                           model_ref=args.model, batch_size=args.batch_size, device=device,
+                           num_workers=_workers(args, device),
                            on_bad_image=args.on_bad_image, image_size=_size(args), resize_mode=args.resize_mode,
                            progress=args.progress)
     rate = s.count / max(s.seconds["describe"], 1e-9)
-    print(f"indexed {s.count:,d} images ({args.index}) in {s.seconds['describe'] + s.seconds['index']:.1f} s "
-          f"({rate:.0f} images/s described) -> {s.path}")
+    print(f"indexed {s.count:,d} images ({args.index}, {s.metric} metric) in "
+          f"{s.seconds['describe'] + s.seconds['index']:.1f} s ({rate:.0f} images/s described) -> {s.path}")
     if s.skipped_paths:
         print(f"skipped {len(s.skipped_paths)} unreadable image(s), e.g. {s.skipped_paths[0]}")
     return 0
 
 
 def _localize(args: argparse.Namespace) -> int:
-    from progeo.eval.localize_core import format_predictions_table, write_geojson, write_map, write_predictions_json
+    from progeo.eval.localize_core import (SCORE_MEANING, format_predictions_table, write_geojson, write_map,
+                                           write_predictions_json)
     from progeo.eval.localizer import Localizer, expand_photo_paths, save_match_grid
 
     device = _setup(args)
     localizer = Localizer.from_index(args.index, device=device, batch_size=args.batch_size,
-                                     num_workers=_workers(args, device), on_bad_image=args.on_bad_image, progress=args.progress)
+                                     num_workers=_workers(args, device), on_bad_image=args.on_bad_image,
+                                     progress=args.progress, metric=args.metric)
     predictions = localizer.localize_files(expand_photo_paths(args.photos), top_k=args.top_k)
     if predictions:
         print(format_predictions_table(predictions))
+        print(f"score: {SCORE_MEANING[localizer.metric]} ({localizer.metric} metric)")
     if localizer.skipped_paths:
         print(f"skipped {len(localizer.skipped_paths)} unreadable photo(s): " + ", ".join(localizer.skipped_paths[:5]))
-    for path, write in ((args.json, write_predictions_json), (args.geojson, write_geojson), (args.map, write_map)):
+    if args.json:
+        write_predictions_json(predictions, args.json, metric=localizer.metric)
+        print(f"wrote {args.json}")
+    for path, write in ((args.geojson, write_geojson), (args.map, write_map)):
         if path:
             write(predictions, path)
             print(f"wrote {path}")

@@ -49,12 +49,15 @@ def describe_files(model, paths: Sequence[str], *, batch_size: int = 64, device:
                    num_workers: int = 0, on_bad_image: str = "fail", image_size=None, resize_mode: str = "resize",
                    amp: bool = True, channels_last: bool | None = None, progress: bool = True,
                    desc: str = "descriptors", utms: np.ndarray | None = None,
-                   save_dir: str | os.PathLike | None = None, meta=None, native: bool = False) -> Described:
+                   save_dir: str | os.PathLike | None = None, meta=None, native: bool = False,
+                   keep_in_memory: bool = False) -> Described:
     """Describe image files in batches (``image_size``: the model's when None; ``native``: every
     image at its own size, consecutive images of one size batched together).
 
-    With ``save_dir`` (and ``meta``, a :class:`~progeo.eval.descriptors_io.DescriptorsMeta`) the
-    returned descriptors are the saved float16 memory map; otherwise a float32 array.
+    Returns a float32 array. With ``save_dir`` (and ``meta``, a
+    :class:`~progeo.eval.descriptors_io.DescriptorsMeta`) the rows are also saved in float16 and,
+    unless ``keep_in_memory``, the returned descriptors are that memory map (for sets too large
+    for memory; searching them differs from the float32 ones by float16 rounding).
     """
     from progeo.data.images import iter_image_batches
     from progeo.eval.descriptors_io import DescriptorsWriter
@@ -66,7 +69,7 @@ def describe_files(model, paths: Sequence[str], *, batch_size: int = 64, device:
     writer = None
     if save_dir is not None:
         writer = DescriptorsWriter(save_dir, len(paths), model.descriptor_dim, meta)
-    out = None if writer else np.zeros((len(paths), model.descriptor_dim), dtype=np.float32)
+    out = None if writer and not keep_in_memory else np.zeros((len(paths), model.descriptor_dim), dtype=np.float32)
     rows, count, start = [], 0, time.perf_counter()
     try:
         for images, indices in tqdm(batches, desc=desc, unit="batch", disable=not progress):
@@ -74,7 +77,7 @@ def describe_files(model, paths: Sequence[str], *, batch_size: int = 64, device:
             idx = indices.numpy()
             if writer:
                 writer.append(d, [paths[i] for i in idx], utms[idx])
-            else:
+            if out is not None:
                 out[count : count + len(idx)] = d
             rows.append(idx)
             count += len(idx)
@@ -82,7 +85,8 @@ def describe_files(model, paths: Sequence[str], *, batch_size: int = 64, device:
         if writer:
             extra = {**meta.extra, "skipped_paths": [paths[i] for i in skipped], "skipped_utms": utms[skipped].tolist()}
             writer.meta = dataclasses.replace(meta, extra=extra)
-            out = writer.close().descriptors
+            saved = writer.close().descriptors
+            out = saved if out is None else out
     except BaseException:
         if writer:
             writer.abort()

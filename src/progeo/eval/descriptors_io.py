@@ -49,6 +49,7 @@ class DescriptorsMeta:
     count: int = 0
     dtype: str = "float16"
     has_utms: bool = False
+    metric: str = ""  # the search metric of the model ("cosine" | "l2"; "": saved before it was recorded)
     format_version: int = FORMAT_VERSION
     extra: dict = field(default_factory=dict)
 

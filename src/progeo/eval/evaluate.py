@@ -5,7 +5,10 @@ The composition behind ``progeo eval``, the training loop's validation and the d
 1. descriptors of the database, in batches, decoded by parallel workers
    (:func:`progeo.data.images.iter_image_batches`: reduced-size JPEG decoding, the
    ``on_bad_image`` policy) and described by ``model.describe`` -- once per test set;
-2. a faiss index of them (:mod:`progeo.eval.search`, any :class:`IndexConfig` kind);
+2. a faiss index of them (:mod:`progeo.eval.search`, any :class:`IndexConfig` kind), searched
+   with the model's metric (:func:`model_metric`: cosine, or Euclidean distance for the
+   ViT heads that do not normalize, as the ProGEO authors evaluate) unless the index config
+   names one;
 3. for every query folder: query descriptors in batches, one batched search, recall@N against
    the positives within ``positive_dist`` (:func:`progeo.data.test_sets.positives_within`,
    :func:`progeo.eval.recall.compute_recalls_from_positives`: no Python loop per query).
@@ -14,13 +17,15 @@ Bad images with ``on_bad_image="skip"``: a skipped database image is out of the 
 the positives; a skipped query keeps its row (ids ``-1``) and counts as a miss.
 
 Descriptors may be saved (``save_dir``: float16, memory-mapped, :mod:`progeo.eval.descriptors_io`)
-and evaluated later without the model (:func:`evaluate_saved`); a run that saves searches the
-saved float16 vectors, so both give the same recalls. Skipped images are recorded in the saved
-metadata (``extra``) so that the later evaluation counts them the same way.
+and evaluated later without the model (:func:`evaluate_saved`). Saving does not change the run's
+own results: it searches the float32 descriptors it computed; a later evaluation of the saved
+float16 copy may differ by that rounding only. The metric and the skipped images are recorded in
+the saved metadata so that the later evaluation searches and counts the same way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -35,7 +40,7 @@ from progeo.errors import ConfigError, DatasetError
 from progeo.eval.descriptors import Described, describe_files, describe_images, describe_paths, load_described  # noqa: F401
 from progeo.eval.recall import (DEFAULT_RECALL_VALUES, POSITIVE_DIST_M, RecallResult, clip_recall_values,
                                 compute_recalls_from_positives, prediction_distances)
-from progeo.eval.search import IndexConfig
+from progeo.eval.search import DEFAULT_METRIC, IndexConfig
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +85,12 @@ class FolderResult:
     queries_folder: str
     recall: RecallResult
     predictions: np.ndarray  # Q x K ids into database_paths (-1: none, e.g. a skipped query)
-    scores: np.ndarray  # Q x K cosine similarities
+    scores: np.ndarray  # Q x K, higher is better: cosine similarities, or minus Euclidean distances (l2)
     database: Described
     queries: Described
     seconds: dict[str, float]
     image_size: tuple[int, int] | None = None
+    metric: str = "cosine"
 
     @property
     def database_paths(self) -> list[str]:
@@ -97,7 +103,7 @@ class FolderResult:
     def as_dict(self) -> dict:
         return {
             "model": self.queries.model, "dataset": self.dataset, "queries_folder": self.queries_folder,
-            "image_size": list(self.image_size) if self.image_size else "native",
+            "image_size": list(self.image_size) if self.image_size else "native", "metric": self.metric,
             "database_num": len(self.database.rows), "database_skipped": len(self.database.skipped),
             "queries_num": self.recall.queries_num, "queries_skipped": len(self.queries.skipped),
             "queries_without_positives": self.recall.queries_without_positives,
@@ -105,6 +111,17 @@ class FolderResult:
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "skipped_paths": (self.database.skipped_paths + self.queries.skipped_paths)[:1000],
         }
+
+
+def model_metric(model) -> str:
+    """How ``model``'s descriptors are compared: its ``metric`` attribute (a GeoLocalizer's comes
+    from its saved config), cosine for a model that does not say."""
+    return getattr(model, "metric", None) or DEFAULT_METRIC
+
+
+def _with_metric(cfg: EvalConfig, metric: str | None) -> EvalConfig:
+    """``cfg`` searching with ``metric`` unless its index config names one."""
+    return dataclasses.replace(cfg, index=cfg.index.with_default_metric(metric))
 
 
 def build_database_index(descriptors: np.ndarray, config: IndexConfig, progress: bool = True):
@@ -136,13 +153,14 @@ def evaluate_queries(index, database: Described, queries: Described, cfg: EvalCo
     predictions = np.full((len(queries.paths), k), -1, dtype=np.int64)
     if len(queries.rows):
         scores[queries.rows], predictions[queries.rows] = search(
-            index, queries.descriptors, k, batch_size=cfg.query_batch_size or 4096)
+            index, queries.descriptors, k, batch_size=cfg.query_batch_size or 4096, metric=cfg.index.search_metric)
     search_seconds = time.perf_counter() - start
     if positives is None:
         positives = positives_within(queries.utms, database.utms[database.rows], cfg.positive_dist)
     recall = compute_recalls_from_positives(predictions, positives.indptr, positives.indices, cfg.recall_values)
     seconds = {"describe_database": database.seconds, "describe_queries": queries.seconds, "search": search_seconds}
-    return FolderResult(dataset, queries_folder, recall, predictions, scores, database, queries, seconds)
+    return FolderResult(dataset, queries_folder, recall, predictions, scores, database, queries, seconds,
+                        metric=cfg.index.search_metric)
 
 
 def eval_image_size(model, cfg: EvalConfig) -> tuple[int, int] | None:
@@ -197,9 +215,11 @@ def evaluate_test_set(model, test_sets: Sequence, cfg: EvalConfig = EvalConfig()
                       save_dir: str | os.PathLike | None = None) -> list[FolderResult]:
     """Evaluate ``model`` on each of ``test_sets`` (query folders of one test set, see
     :func:`open_test_sets`): the database is described and indexed once. ``save_dir``: keep the
-    descriptors there (``database/`` and one folder per query folder)."""
+    descriptors there (``database/`` and one folder per query folder); the run itself searches
+    the float32 descriptors it computed, whether it saves them or not."""
     from progeo.eval.descriptors_io import DescriptorsMeta
 
+    cfg = _with_metric(cfg, model_metric(model))
     first = test_sets[0]
     if any(t.root != first.root for t in test_sets):
         raise ConfigError("evaluate_test_set: every test set must share one database (one root folder)")
@@ -207,12 +227,13 @@ def evaluate_test_set(model, test_sets: Sequence, cfg: EvalConfig = EvalConfig()
     was_training = getattr(model, "training", False)
 
     def describe(paths, utms, split, batch_size):
-        meta = DescriptorsMeta(model=model_name, image_size=size, dataset=os.path.abspath(first.root), split=split)
+        meta = DescriptorsMeta(model=model_name, image_size=size, dataset=os.path.abspath(first.root), split=split,
+                               metric=cfg.index.search_metric)
         return describe_files(model, paths, batch_size=batch_size, device=cfg.device, num_workers=cfg.num_workers,
                               on_bad_image=cfg.on_bad_image, image_size=size, native=size is None, resize_mode=cfg.resize_mode,
                               amp=cfg.amp, channels_last=cfg.channels_last, progress=cfg.progress,
                               desc=f"describing {first.root.name}/{split}", utms=utms, meta=meta,
-                              save_dir=None if save_dir is None else Path(save_dir) / split)
+                              save_dir=None if save_dir is None else Path(save_dir) / split, keep_in_memory=True)
 
     try:
         database = describe(first.database_paths, first.database_utms, DATABASE_SPLIT, cfg.batch_size)
@@ -237,12 +258,14 @@ def evaluate_test_set(model, test_sets: Sequence, cfg: EvalConfig = EvalConfig()
 def evaluate_saved(folder: str | os.PathLike, queries_folders: Sequence[str | None] = (None,),
                    cfg: EvalConfig = EvalConfig()) -> list[FolderResult]:
     """Evaluate descriptors saved by :func:`evaluate_test_set` (no model, no images needed);
-    ``queries_folders`` as in :func:`open_test_sets`."""
+    ``queries_folders`` as in :func:`open_test_sets`; the metric is the one saved with them
+    (cosine for descriptors saved before it was recorded) unless ``cfg.index`` names one."""
     from progeo.data.test_sets import list_query_folders, select_query_folder
     from progeo.eval.descriptors_io import load_descriptors
 
     folder = Path(folder)
     meta = load_descriptors(folder / DATABASE_SPLIT).meta
+    cfg = _with_metric(cfg, meta.metric or DEFAULT_METRIC)
     database = load_described(folder / DATABASE_SPLIT)
     start = time.perf_counter()
     index = build_database_index(database.descriptors, cfg.index, cfg.progress)
@@ -274,6 +297,7 @@ def evaluate(model, test_set, *, batch_size: int = 64, device: str | torch.devic
     cfg = EvalConfig(batch_size=batch_size, device=str(device), num_workers=num_workers,
                      recall_values=tuple(recall_values), amp=amp, channels_last=channels_last, progress=progress,
                      positive_dist=test_set.positive_dist_threshold, **options)
+    cfg = _with_metric(cfg, model_metric(model))
     if images is None:
         return evaluate_test_set(model, [test_set], cfg)[0].recall
     was_training = getattr(model, "training", False)

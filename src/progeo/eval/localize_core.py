@@ -1,6 +1,6 @@
 """Where was a photo taken: position and confidence from its top-k retrieved database images.
 
-Model-independent: input is the search result (ids and cosine scores, best first) and the
+Model-independent: input is the search result (ids and scores, best first) and the
 coordinates of the database images; a ``Localizer`` tying a model and an index together only
 has to call :func:`predict_positions`.
 
@@ -8,7 +8,11 @@ Position
     the best match's position (lat/lon and UTM): retrieval localizes by the nearest database
     image, as in the recall@1 protocol.
 
-Confidence (cosine-similarity units, >= 0)
+Scores (higher is better)
+    the search metric's (:mod:`progeo.eval.search`): cosine similarity, or minus the Euclidean
+    distance between descriptors for the l2 metric.
+
+Confidence (the scores' units, >= 0: a cosine-similarity gap, or how much farther the rival is)
     ``score(best) - score(best rival)``, where the best rival is the highest-scoring match
     farther than ``positive_dist`` (25 m) from the best match, i.e. the strongest evidence for
     *another* place. If all top-k matches agree (lie within ``positive_dist`` of the best), the
@@ -208,8 +212,14 @@ def format_predictions_table(predictions: Sequence[PhotoPrediction]) -> str:
     return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))) for line in [header] + body)
 
 
-def predictions_to_json(predictions: Sequence[PhotoPrediction], positive_dist: float = POSITIVE_DIST_M) -> dict:
-    return {"positive_dist_m": positive_dist, "predictions": [p.as_dict() for p in predictions]}
+SCORE_MEANING = {"cosine": "cosine similarity (higher is better)",
+                 "l2": "minus the Euclidean distance between descriptors (higher is better)"}
+
+
+def predictions_to_json(predictions: Sequence[PhotoPrediction], positive_dist: float = POSITIVE_DIST_M,
+                        metric: str | None = None) -> dict:
+    head = {"metric": metric, "score": SCORE_MEANING.get(metric)} if metric else {}
+    return {"positive_dist_m": positive_dist, **head, "predictions": [p.as_dict() for p in predictions]}
 
 
 def predictions_to_geojson(predictions: Sequence[PhotoPrediction], include_matches: bool = True) -> dict:
@@ -229,8 +239,9 @@ def _point(lon: float, lat: float, properties: dict) -> dict:
     return {"type": "Feature", "geometry": {"type": "Point", "coordinates": [lon, lat]}, "properties": properties}
 
 
-def write_predictions_json(predictions: Sequence[PhotoPrediction], path: str | os.PathLike) -> None:
-    write_json_atomic(path, predictions_to_json(predictions))
+def write_predictions_json(predictions: Sequence[PhotoPrediction], path: str | os.PathLike,
+                           metric: str | None = None) -> None:
+    write_json_atomic(path, predictions_to_json(predictions, metric=metric))
 
 
 def write_geojson(predictions: Sequence[PhotoPrediction], path: str | os.PathLike, include_matches: bool = True) -> None:

@@ -6,8 +6,13 @@ An index folder (``progeo index build``, :func:`build_index_folder`) holds::
     coordinates.npz     per database image: UTM east/north, zone number/letter, lat/lon
     index.faiss(.json)  the faiss index (progeo.eval.search), loaded memory-mapped
     model/              a copy of the model (when it is a progeo GeoLocalizer)
-    index.json          model reference and config, image size, index kind, counts; written
-                        last (a folder without it is incomplete) and removed first on a rebuild
+    index.json          model reference and config, image size, index kind and metric, counts;
+                        written last (a folder without it is incomplete), removed first on a rebuild
+
+The search metric is the model's (``model.metric``: cosine, or Euclidean distance for ViT
+heads that do not normalize) unless the :class:`IndexConfig` names one; it is saved with the
+index and used by :class:`Localizer`, which can also search with another metric by re-indexing
+the saved float16 descriptors in memory.
 
 :class:`Localizer` ties the model, the index and the coordinates together::
 
@@ -82,20 +87,23 @@ class IndexFolderSummary:
     count: int
     skipped_paths: list[str]
     seconds: dict[str, float]
+    metric: str = "cosine"
 
 
 def build_index_folder(model, database: str | os.PathLike, out: str | os.PathLike, *, index: IndexConfig = IndexConfig(),
                        model_ref: str = "", batch_size: int = 64, device: str = "cpu", num_workers: int = 0,
                        on_bad_image: str = "fail", image_size=None, resize_mode: str = "resize", amp: bool = True,
                        progress: bool = True) -> IndexFolderSummary:
-    """Describe every image of the ``database`` folder and write an index folder to ``out``."""
+    """Describe every image of the ``database`` folder and write an index folder to ``out``
+    (``index.metric`` unset: the model's metric)."""
     from progeo.data.image_lists import read_image_list
     from progeo.eval.descriptors_io import DescriptorsMeta
-    from progeo.eval.evaluate import build_database_index
+    from progeo.eval.evaluate import build_database_index, model_metric
     from progeo.eval.search import save_index
     from progeo.models.geolocalizer import GeoLocalizer
 
     out = Path(out)
+    index = index.with_default_metric(model_metric(model))
     images = read_image_list(Path(database).resolve(), what="database folder")
     coords = coordinates_from_names(images)  # fails on a bad name before any image is decoded
     size = tuple(image_size or model.image_size)
@@ -103,7 +111,8 @@ def build_index_folder(model, database: str | os.PathLike, out: str | os.PathLik
         raise ConfigError(f"--out {out} is a file: give a folder for the index")
     out.mkdir(parents=True, exist_ok=True)
     (out / INFO_FILE).unlink(missing_ok=True)
-    meta = DescriptorsMeta(model=model_ref, image_size=size, dataset=str(images.root), split="database")
+    meta = DescriptorsMeta(model=model_ref, image_size=size, dataset=str(images.root), split="database",
+                           metric=index.search_metric)
     described = describe_files(model, images, batch_size=batch_size, device=device, num_workers=num_workers,
                                on_bad_image=on_bad_image, image_size=size, resize_mode=resize_mode, amp=amp,
                                progress=progress, desc="describing the database", utms=np.stack([coords.east, coords.north], 1),
@@ -127,11 +136,12 @@ def build_index_folder(model, database: str | os.PathLike, out: str | os.PathLik
     write_json_atomic(out / INFO_FILE, {
         "format": "progeo-index", "format_version": FORMAT_VERSION,
         "model": {"ref": model_ref, "saved_copy": saved_copy, "descriptor_dim": int(model.descriptor_dim), "config": config},
-        "image_size": list(size), "resize_mode": resize_mode, "index": asdict(index), "database": str(images.root),
+        "image_size": list(size), "resize_mode": resize_mode, "metric": index.search_metric, "index": asdict(index),
+        "database": str(images.root),
         "count": int(len(rows)), "skipped_paths": described.skipped_paths,
     })
     seconds = {"describe": described.seconds, "index": index_seconds}
-    return IndexFolderSummary(out, int(len(rows)), described.skipped_paths, seconds)
+    return IndexFolderSummary(out, int(len(rows)), described.skipped_paths, seconds, index.search_metric)
 
 
 def expand_photo_paths(items: Sequence[str | os.PathLike] | str | os.PathLike) -> list[str]:
@@ -158,13 +168,16 @@ class Localizer:
 
     def __init__(self, model, index, coordinates: DatabaseCoordinates, *, image_size=None, resize_mode: str = "resize",
                  positive_dist: float = POSITIVE_DIST_M, device: str = "cpu", batch_size: int = 32,
-                 num_workers: int = 0, on_bad_image: str = "fail", progress: bool = False):
+                 num_workers: int = 0, on_bad_image: str = "fail", progress: bool = False, metric: str | None = None):
         if int(index.d) != int(model.descriptor_dim):
             raise ConfigError(f"the index holds {index.d}-d descriptors but the model gives {model.descriptor_dim}-d: "
                               "use the model the index was built with")
         if int(index.ntotal) != len(coordinates):
             raise DatasetError(f"the index has {index.ntotal} vectors but there are {len(coordinates)} coordinates")
+        from progeo.eval.evaluate import model_metric
+
         self.model, self.index, self.coordinates = model, index, coordinates
+        self.metric = metric or model_metric(model)  # the index's: see search.search
         self.image_size = tuple(image_size or model.image_size)
         self.resize_mode, self.positive_dist, self.device = resize_mode, positive_dist, device
         self.batch_size, self.num_workers, self.on_bad_image, self.progress = batch_size, num_workers, on_bad_image, progress
@@ -172,9 +185,12 @@ class Localizer:
 
     @classmethod
     def from_index(cls, path: str | os.PathLike, *, model=None, device: str = "cpu", mmap: bool = True,
-                   **options) -> "Localizer":
+                   metric: str | None = None, **options) -> "Localizer":
         """Open an index folder; the model is its saved copy unless ``model`` is given.
-        ``options``: ``batch_size``, ``num_workers``, ``on_bad_image``, ``positive_dist``, ``progress``."""
+
+        ``metric``: search with this metric instead of the index's (it is rebuilt in memory,
+        same kind, from the folder's float16 descriptors). ``options``: ``batch_size``,
+        ``num_workers``, ``on_bad_image``, ``positive_dist``, ``progress``."""
         from progeo.eval.descriptors_io import load_descriptors
         from progeo.eval.search import load_index
 
@@ -193,11 +209,20 @@ class Localizer:
             from progeo.models import load_model
 
             model = load_model(path / MODEL_DIR, device)
-        index, _ = load_index(path / INDEX_FILE, mmap=mmap)
-        paths = load_descriptors(path / DESCRIPTORS_DIR).paths
+        index, config = load_index(path / INDEX_FILE, mmap=mmap)
+        saved = load_descriptors(path / DESCRIPTORS_DIR)
+        paths = saved.paths
+        if metric is not None and metric != config.search_metric:
+            from progeo.eval.evaluate import build_database_index
+
+            log.warning("%s was built for the %s metric: re-indexing its %d descriptors for %s in memory "
+                        "(`progeo index build --metric %s` saves such an index)", path, config.search_metric,
+                        len(paths), metric, metric)
+            config = IndexConfig(**{**asdict(config), "metric": metric})
+            index = build_database_index(saved.descriptors, config, progress=options.get("progress", False))
         coords = _load_coordinates(path / COORDINATES_FILE, paths)
         return cls(model, index, coords, image_size=info["image_size"], resize_mode=info.get("resize_mode", "resize"),
-                   device=device, **options)
+                   device=device, metric=config.search_metric, **options)
 
     def localize(self, images, top_k: int = 5) -> list[PhotoPrediction]:
         """Predicted position, confidence and top-k matches of each photo.
@@ -230,7 +255,7 @@ class Localizer:
             raise ConfigError(f"top_k={top_k} must be at least 1")
         if not len(names):
             return []
-        scores, ids = search(self.index, descriptors, min(top_k, int(self.index.ntotal)))
+        scores, ids = search(self.index, descriptors, min(top_k, int(self.index.ntotal)), metric=self.metric)
         return predict_positions(ids, scores, self.coordinates, names, self.positive_dist)
 
 

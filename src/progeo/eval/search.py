@@ -1,13 +1,22 @@
 """Nearest-neighbour search over millions of descriptors with faiss.
 
-Descriptors are compared by cosine similarity: vectors are L2-normalized (in float32, one
-chunk at a time) before they are added or searched, and :func:`search` always returns
-similarities (higher is better) whatever the index's internal metric.
+Metrics (:class:`IndexConfig` ``metric``; a model's own is ``model.config.metric``):
+
+``"cosine"``
+    vectors are L2-normalized (in float32, one chunk at a time) before they are added or
+    searched; scores are cosine similarities in [-1, 1].
+``"l2"``
+    raw vectors ranked by Euclidean distance, as the ProGEO authors evaluate (faiss
+    ``IndexFlatL2`` on the ViT models' not-normalized embeddings); scores are *minus* the
+    Euclidean distance (<= 0).
+
+Either way :func:`search` returns scores where higher is better, best first, and every index
+kind supports both metrics.
 
 Index kinds (:class:`IndexConfig` ``kind``):
 
 ``"flat"`` (default)
-    exact inner product (``IndexFlatIP``); 4 bytes x dim per vector.
+    exact search (``IndexFlatIP``, ``IndexFlatL2`` for l2); 4 bytes x dim per vector.
 ``"flat-fp16"``
     exact scan over float16 codes (``IndexScalarQuantizer`` ``QT_fp16``); half the memory,
     no BLAS, so slower than ``flat`` for large query batches.
@@ -22,6 +31,8 @@ Index kinds (:class:`IndexConfig` ``kind``):
 ``"hnsw"``
     ``IndexHNSWFlat``: graph search (``hnsw_m`` links per node, ``ef_construction`` at build,
     ``ef_search`` at query time); fast and accurate but keeps the float32 vectors plus the graph.
+    With l2 on descriptors whose norms vary a lot, short vectors crowd near the origin and
+    greedy search can stall there: raise ``ef_construction`` (tests/test_search_metric.py: 200).
 
 Inputs may be float16/float32 arrays or memory maps of any size: they are added in chunks,
 and flat kinds are written straight into a preallocated faiss buffer, so peak memory is the
@@ -49,6 +60,8 @@ from progeo.io import atomic_path, write_json_atomic
 logger = logging.getLogger(__name__)
 
 INDEX_KINDS = ("flat", "flat-fp16", "ivfpq", "hnsw")
+METRICS = ("cosine", "l2")
+DEFAULT_METRIC = "cosine"  # of an IndexConfig without one (and of indexes saved before metrics were recorded)
 # Training cost, measured with benchmarks/bench_index.py: 10 coarse k-means iterations instead
 # of faiss's 25, and PQ codebooks trained on 128 instead of 256 points per centroid, build
 # about twice as fast at the same R@1 (within 0.3 %).
@@ -73,6 +86,7 @@ class IndexConfig:
     """
 
     kind: str = "flat"
+    metric: str | None = None  # "cosine" | "l2"; None: the model's where one is known, else cosine
     # ivfpq
     nlist: int | None = None  # coarse cells; auto: 2 * sqrt(N) rounded to a power of two, in [16, 65536]
     m: int | None = None  # PQ bytes per vector; auto: dim // 4 (128 for 512-d: 1/16 of float32)
@@ -89,12 +103,23 @@ class IndexConfig:
     def __post_init__(self) -> None:
         if self.kind not in INDEX_KINDS:
             raise ConfigError(f"index kind {self.kind!r} is unknown: choose one of {', '.join(INDEX_KINDS)}")
+        if self.metric is not None and self.metric not in METRICS:
+            raise ConfigError(f"search metric {self.metric!r} is unknown: choose one of {', '.join(METRICS)}")
         for name in ("nlist", "m", "train_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"index {name}={value} must be positive (or left unset for automatic)")
         if min(self.nbits, self.nprobe, self.hnsw_m, self.ef_construction, self.ef_search) < 1:
             raise ConfigError("index nbits, nprobe, hnsw_m, ef_construction and ef_search must be positive")
+
+    @property
+    def search_metric(self) -> str:
+        """The metric this config searches with (``metric``, or cosine when unset)."""
+        return self.metric or DEFAULT_METRIC
+
+    def with_default_metric(self, metric: str | None) -> "IndexConfig":
+        """A copy that uses ``metric`` (e.g. the model's) unless this config names one already."""
+        return self if self.metric or not metric else dataclasses.replace(self, metric=metric)
 
     def resolved(self, database_num: int, dim: int) -> "IndexConfig":
         """A copy with every automatic value fixed for ``database_num`` vectors of ``dim``."""
@@ -124,11 +149,13 @@ def faiss_threads(threads: int | None) -> Iterator[None]:
         faiss.omp_set_num_threads(previous)
 
 
-def _as_float32_normalized(block: np.ndarray) -> np.ndarray:
+def _as_float32(block: np.ndarray, metric: str) -> np.ndarray:
+    """A contiguous float32 block, L2-normalized for cosine (the caller's array is never modified)."""
     out = np.ascontiguousarray(block, dtype=np.float32)
-    if out is block:  # never modify the caller's array in place
-        out = out.copy()
-    faiss.normalize_L2(out)
+    if metric == "cosine":
+        if out is block:
+            out = out.copy()
+        faiss.normalize_L2(out)
     return out
 
 
@@ -138,16 +165,18 @@ def _check_descriptors(descriptors: np.ndarray, name: str) -> None:
 
 
 def _empty_index(config: IndexConfig, dim: int) -> faiss.Index:
-    ip = faiss.METRIC_INNER_PRODUCT
+    # cosine: inner product of unit vectors; l2: Euclidean distance of the raw vectors
+    faiss_metric = faiss.METRIC_INNER_PRODUCT if config.search_metric == "cosine" else faiss.METRIC_L2
     if config.kind == "flat":
-        return faiss.IndexFlatIP(dim)
+        return faiss.IndexFlatIP(dim) if faiss_metric == faiss.METRIC_INNER_PRODUCT else faiss.IndexFlatL2(dim)
     if config.kind == "flat-fp16":
-        return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, ip)
+        return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss_metric)
     if config.kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, config.hnsw_m, ip)
+        index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss_metric)
         index.hnsw.efConstruction = config.ef_construction
         return index
-    # L2 on unit vectors ranks like inner product, and residual PQ is most accurate with L2.
+    # Both metrics use L2 here: on unit vectors (cosine) it ranks like inner product, and
+    # residual PQ is most accurate with L2.
     quantizer = faiss.IndexFlatL2(dim)
     index = faiss.IndexIVFPQ(quantizer, dim, config.nlist, config.m, config.nbits)
     index.cp.seed, index.cp.niter = config.seed, _COARSE_KMEANS_ITERATIONS
@@ -164,7 +193,7 @@ def _train(index: faiss.Index, descriptors: np.ndarray, config: IndexConfig) -> 
     rng = np.random.default_rng(config.seed)
     sample = np.sort(rng.choice(len(descriptors), size=config.train_size, replace=False))
     logger.info("training %s on %d of %d vectors", config.kind, len(sample), len(descriptors))
-    index.train(_as_float32_normalized(descriptors[sample]))
+    index.train(_as_float32(descriptors[sample], config.search_metric))
 
 
 def build_index(
@@ -174,7 +203,8 @@ def build_index(
     threads: int | None = None,
     progress: bool = True,
 ) -> faiss.Index:
-    """Index ``descriptors`` (N x dim, float16 or float32, possibly memory-mapped).
+    """Index ``descriptors`` (N x dim, float16 or float32, possibly memory-mapped) for
+    ``config.metric`` (unset: cosine).
 
     Row ``i`` of ``descriptors`` gets id ``i``. Search-time parameters (``nprobe``,
     ``ef_search``) are applied to the returned index.
@@ -195,11 +225,11 @@ def build_index(
             codes = codes.reshape(database_num, index.code_size)
             for start in bar:
                 block = descriptors[start : start + chunk_size]
-                codes[start : start + len(block)] = index.sa_encode(_as_float32_normalized(block))
+                codes[start : start + len(block)] = index.sa_encode(_as_float32(block, config.search_metric))
             index.ntotal = database_num
         else:
             for start in bar:
-                index.add(_as_float32_normalized(descriptors[start : start + chunk_size]))
+                index.add(_as_float32(descriptors[start : start + chunk_size], config.search_metric))
     apply_search_params(index, config)
     return index
 
@@ -218,29 +248,48 @@ def search(
     k: int,
     batch_size: int = 4096,
     threads: int | None = None,
+    metric: str = DEFAULT_METRIC,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` database ids for each query: ``(scores Q x k float32, ids Q x k int64)``.
 
-    Scores are cosine similarities, best first; where fewer than ``k`` results exist the
-    ids are ``-1`` and the scores ``-inf``.
+    ``metric`` must be the one the index was built for (``IndexConfig.search_metric``).
+    Scores are higher-is-better, best first: cosine similarities (cosine) or minus the
+    Euclidean distance (l2); where fewer than ``k`` results exist the ids are ``-1`` and the
+    scores ``-inf``.
     """
     _check_descriptors(queries, "queries")
     if queries.shape[1] != index.d:
         raise ConfigError(f"queries have dimension {queries.shape[1]} but the index has {index.d}: use the same model")
     if k < 1:
         raise ConfigError(f"k={k} must be at least 1")
+    _check_metric(index, metric)
     scores = np.empty((len(queries), k), dtype=np.float32)
     ids = np.empty((len(queries), k), dtype=np.int64)
     with faiss_threads(threads):
         for start in range(0, len(queries), batch_size):
-            block = _as_float32_normalized(queries[start : start + batch_size])
+            block = _as_float32(queries[start : start + batch_size], metric)
             dist, found = index.search(block, k)
-            if index.metric_type == faiss.METRIC_L2:  # unit vectors: |a - b|^2 = 2 - 2 cos
+            if metric == "l2":  # faiss gives squared distances (rounding can make them slightly negative)
+                dist = -np.sqrt(np.maximum(dist, 0.0))
+            elif index.metric_type == faiss.METRIC_L2:  # unit vectors: |a - b|^2 = 2 - 2 cos
                 dist = 1.0 - dist / 2.0
             dist[found < 0] = -np.inf
             scores[start : start + len(block)] = dist
             ids[start : start + len(block)] = found
     return scores, ids
+
+
+def _check_metric(index: faiss.Index, metric: str) -> None:
+    """Refuse a metric the index cannot have been built for (an inner-product index searched
+    with l2, or a flat / HNSW L2 index with cosine; IVF-PQ uses L2 for both)."""
+    if metric not in METRICS:
+        raise ConfigError(f"search metric {metric!r} is unknown: choose one of {', '.join(METRICS)}")
+    inner = index.metric_type == faiss.METRIC_INNER_PRODUCT
+    ivf = faiss.try_extract_index_ivf(index) is not None
+    if (metric == "l2" and inner) or (metric == "cosine" and not inner and not ivf):
+        built = "cosine" if inner else "l2"
+        raise ConfigError(f"this index was built for the {built} metric, not {metric}: search it with "
+                          f"metric={built!r} or rebuild it with metric={metric!r}")
 
 
 def config_path(index_path: str | os.PathLike) -> str:
@@ -249,8 +298,8 @@ def config_path(index_path: str | os.PathLike) -> str:
 
 
 def save_index(index: faiss.Index, path: str | os.PathLike, config: IndexConfig) -> None:
-    """Write ``index`` atomically to ``path`` and its config to ``path.json``."""
-    config = config.resolved(int(index.ntotal), int(index.d))
+    """Write ``index`` atomically to ``path`` and its config (metric included) to ``path.json``."""
+    config = dataclasses.replace(config.resolved(int(index.ntotal), int(index.d)), metric=config.search_metric)
     with atomic_path(path) as tmp:
         faiss.write_index(index, os.fspath(tmp))
     meta = {"config": dataclasses.asdict(config), "ntotal": int(index.ntotal), "dim": int(index.d), "faiss_version": faiss.__version__}

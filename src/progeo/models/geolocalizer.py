@@ -7,8 +7,14 @@
   (no normalization by default, as in the paper's code; ``normalize=True`` L2-normalizes).
 
 The eval code's contract: ``model.describe(images, device=...) -> np.ndarray (B x D, float32)``,
-``model.preprocess_config`` (image size, mean, std, interpolation, resize mode) and
-``model.descriptor_dim``.
+``model.preprocess_config`` (image size, mean, std, interpolation, resize mode),
+``model.descriptor_dim`` and, optionally, ``model.metric``.
+
+Search metric (``ModelConfig.metric``, saved in ``config.json``): how descriptors are compared
+in evaluation and localization. ``"cosine"`` where the head L2-normalizes (GeM; the CLIP head
+with ``normalize``), ``"l2"`` (Euclidean distance of the raw descriptors) for the CLIP head
+without normalization, as the ProGEO authors evaluate their ViT models (faiss ``IndexFlatL2``).
+A config saved without the field gets that same default.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from torch import nn
 
 from progeo.device import prefers_channels_last, resolve_device
 from progeo.errors import ConfigError
+from progeo.eval.search import METRICS
 from progeo.models import backbones
 from progeo.models.backbones import ClipModel, PreprocessConfig
 from progeo.models.freezing import freeze_visual
@@ -32,6 +39,12 @@ from progeo.models.inference import prepare, run_batched
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+
+
+def default_metric(head: str, normalize: bool) -> str:
+    """``"cosine"`` for a head whose descriptors are unit vectors (GeM, or CLIP with
+    ``normalize``), else ``"l2"``: raw descriptors ranked by Euclidean distance (the authors')."""
+    return "cosine" if head == "gem" or normalize else "l2"
 
 
 @dataclass
@@ -45,6 +58,13 @@ class ModelConfig:
     preprocess: PreprocessConfig
     normalize: bool = False  # L2-normalize the CLIP embedding (head "clip"); GeM always normalizes
     provenance: dict = field(default_factory=dict)
+    metric: str | None = None  # "cosine" | "l2"; None: the head's default (:func:`default_metric`)
+
+    def __post_init__(self) -> None:
+        if self.metric is None:
+            self.metric = default_metric(self.head, self.normalize)
+        if self.metric not in METRICS:
+            raise ConfigError(f"model config metric={self.metric!r}; expected one of {', '.join(METRICS)}")
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -53,7 +73,8 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return {
             "format": "progeo-model", "format_version": FORMAT_VERSION, "arch": self.arch, "head": self.head,
-            "fc_output_dim": self.fc_output_dim, "normalize": self.normalize, "image_size": list(self.image_size),
+            "fc_output_dim": self.fc_output_dim, "normalize": self.normalize, "metric": self.metric,
+            "image_size": list(self.image_size),
             "preprocess": self.preprocess.to_dict(), "clip_config": self.clip_config, "provenance": self.provenance,
         }
 
@@ -70,7 +91,8 @@ class ModelConfig:
             raise ConfigError(f"model config head={d['head']!r}; expected 'gem' or 'clip'")
         return cls(arch=str(d["arch"]), clip_config=dict(d["clip_config"]), head=d["head"],
                    fc_output_dim=int(d["fc_output_dim"]), preprocess=PreprocessConfig.from_dict(d["preprocess"]),
-                   normalize=bool(d.get("normalize", False)), provenance=dict(d.get("provenance") or {}))
+                   normalize=bool(d.get("normalize", False)), provenance=dict(d.get("provenance") or {}),
+                   metric=d.get("metric"))
 
 
 class GeoLocalizer(nn.Module):
@@ -94,14 +116,15 @@ class GeoLocalizer(nn.Module):
 
     @classmethod
     def from_clip(cls, clip: ClipModel, *, fc_output_dim: int | None = None, image_size=None,
-                  normalize: bool = False, normalization: str = "clip", provenance: dict | None = None) -> GeoLocalizer:
+                  normalize: bool = False, normalization: str = "clip", provenance: dict | None = None,
+                  metric: str | None = None) -> GeoLocalizer:
         """A descriptor model on a copy of ``clip``'s image tower (the CLIP model is left intact).
 
         ``fc_output_dim`` defaults to CLIP's embedding size (the paper's sizes: RN50 1024, RN101,
         ViT-B/16 and ViT-B/32 512); ViT models have no projection head, so it must equal it.
         ``image_size`` (e.g. 512) resizes ViT position embeddings (bicubic, align_corners=True as the authors). ``normalization``:
         ``"clip"`` keeps the weights' mean/std, ``"imagenet"`` records ImageNet's (the authors'
-        stage-2 and test pipelines normalize with it).
+        stage-2 and test pipelines normalize with it). ``metric``: the search metric (None: the head's).
         """
         family = clip.family
         dim = int(fc_output_dim or clip.embed_dim)
@@ -115,7 +138,7 @@ class GeoLocalizer(nn.Module):
         config = ModelConfig(arch=clip.arch, clip_config=copy.deepcopy(clip.model_cfg),
                              head="gem" if family == "resnet" else "clip", fc_output_dim=dim,
                              preprocess=clip.preprocess.with_size(size).with_normalization(normalization), normalize=normalize,
-                             provenance={"backbone_weights": clip.source, **(provenance or {})})
+                             provenance={"backbone_weights": clip.source, **(provenance or {})}, metric=metric)
         return cls(visual, config)
 
     @classmethod
@@ -129,6 +152,11 @@ class GeoLocalizer(nn.Module):
     @property
     def descriptor_dim(self) -> int:
         return int(self.config.fc_output_dim)
+
+    @property
+    def metric(self) -> str:
+        """How descriptors are compared: ``"cosine"`` or ``"l2"`` (see the module docstring)."""
+        return str(self.config.metric)
 
     @property
     def preprocess_config(self) -> PreprocessConfig:
@@ -194,10 +222,10 @@ class GeoLocalizer(nn.Module):
 
 
 def build_model(backbone: str, *, fc_output_dim: int | None = None, image_size=None, normalize: bool = False,
-                normalization: str = "clip", weights=None, quick_gelu: bool | None = None, cache_dir=None, offline: bool | None = None,
+                normalization: str = "clip", metric: str | None = None, weights=None, quick_gelu: bool | None = None, cache_dir=None, offline: bool | None = None,
                 device: str | torch.device = "cpu") -> GeoLocalizer:
     """A new descriptor model on a CLIP backbone (``RN50:openai``, ``ViT-B/16:openai``, ``tiny-rn``...)."""
     clip = backbones.load_clip(backbone, weights=weights, quick_gelu=quick_gelu, cache_dir=cache_dir, offline=offline)
     model = GeoLocalizer.from_clip(clip, fc_output_dim=fc_output_dim, image_size=image_size, normalize=normalize,
-                                   normalization=normalization)
+                                   normalization=normalization, metric=metric)
     return model.to(resolve_device(device))
