@@ -19,7 +19,7 @@ from progeo.geo.labelled_images import LabelledImages, read_labelled_images
 from progeo.geo.places import PlaceList
 from progeo.geo.probe import REG_GRID, LinearProbe, load_probe, probe_classes, select_l2, stratified_split, \
     train_logistic_regression
-from progeo.geo.report import GemRun, evaluate, true_classes
+from progeo.geo.report import GemRun, evaluate_labelled, true_classes
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,7 @@ def evaluate_probe(probe: LinearProbe, gem: GemModel, paths: Sequence[str], labe
     pred = probe.predict(feats.features, [str(paths[i]) for i in feats.kept], top_k)
     metrics = None
     if truth is not None:
-        rows = feats.kept
-        metrics = evaluate(pred, truth[0][rows], labels.lat[rows], labels.lon[rows], [truth[1][i] for i in rows])
+        metrics = evaluate_labelled(pred, labels, feats.kept, *truth)
     info = {"model": gem.spec.to_dict(), "probe": probe.source, "l2": probe.l2}
     return GemRun(name or f"linear probe {probe.classes.level}", pred, metrics, list(feats.skipped), info, top_k)
 
