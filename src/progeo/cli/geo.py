@@ -89,7 +89,10 @@ def register(subparsers) -> None:
                    help=_PLACES_HELP + "; classes and coordinates come from them (needed for GPS-only labels)")
     p.add_argument("--grid", type=float, nargs="+", default=None, metavar="L2",
                    help="l2 values to try (default: 1e-6 1e-5 1e-4 1e-3 1e-2 1e-1); a best value at an edge "
-                        "widens the grid by factors of 10 past it (up to 3 values), with a warning")
+                        "widens the grid by factors of 10 past it (see --widen), with a warning")
+    p.add_argument("--widen", type=int, default=3, metavar="N",
+                   help="l2 values tried past an edge of --grid when the best lies on it, stopping at the first "
+                        "that is not better; 0: never (default: %(default)s)")
     p.add_argument("--max-iter", type=int, default=200, help="L-BFGS iterations per l2 (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split (default: %(default)s)")
     p.add_argument("--out", required=True, metavar="PROBE", help="folder for probe.safetensors and probe.json")
@@ -159,7 +162,8 @@ def _probe_fit(args: argparse.Namespace) -> int:
     cfg = ProbeFitConfig(model=args.model, weights=args.weights, train=args.train, train_images_dir=args.train_images_dir,
                          val=args.val, val_images_dir=args.val_images_dir, val_fraction=args.val_fraction,
                          level=args.level, places=args.places, out=args.out,
-                         grid=tuple(args.grid) if args.grid else REG_GRID, max_iter=args.max_iter, seed=args.seed,
+                         grid=tuple(args.grid) if args.grid else REG_GRID, widen=max(args.widen, 0),
+                         max_iter=args.max_iter, seed=args.seed,
                          **_shared(args))
     probe = run_probe_fit(cfg)
     print("l2        val top-1 %")
