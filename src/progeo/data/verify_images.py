@@ -6,8 +6,9 @@ padding allowed), a PNG is verified chunk by chunk up to ``IEND`` (Pillow's ``ve
 included, no decompression). A file that fails the end check is then fully decoded, so a JPEG
 that merely lacks its marker but decodes is not reported. That catches missing, empty, foreign
 and truncated files at the cost of two small reads per image; ``full=True`` decodes every image
-(also catching corrupt data inside a complete file), about 10x slower. Pillow's global
-``LOAD_TRUNCATED_IMAGES`` stays ``False``.
+(also catching corrupt data inside a complete file), 15-30x slower: on 1,000 640x480 JPEGs on the
+shared 2-core CPU, headers ran at 2,200 images/s (1 thread) to 4,300 (4 threads), the full decode at
+135-150 images/s. Pillow's global ``LOAD_TRUNCATED_IMAGES`` stays ``False``.
 """
 
 from __future__ import annotations
