@@ -1,9 +1,11 @@
 """Validate a train or test folder and report counts and *every* problem found.
 
 :func:`check_dataset` never stops at the first problem: missing or empty folders, unreadable
-or stale paths files, malformed names (each listed, capped with "... and K more"), too few
-images per class. Only a path that is not a folder at all, or an option naming a query folder
-that does not exist, raises (:class:`~progeo.errors.ProgeoError`): there is nothing to check.
+or stale paths files (a suspect list is compared with a walk of its folder), malformed names (each
+listed, capped with "... and K more"), too few images per class and, with ``ImageChecks.verify``,
+every image that cannot be read (:mod:`progeo.data.verify_images`). Only a path that is not a
+folder at all, or an option naming a query folder that does not exist, raises
+(:class:`~progeo.errors.ProgeoError`): there is nothing to check.
 """
 
 from __future__ import annotations
