@@ -90,13 +90,13 @@ def test_zeroshot_reuses_the_places_text_features(pretrained_tiny_clip, tiny_wor
 def test_probe_fit_then_eval_and_model_mismatch(cache, pretrained_tiny_clip, tiny_world, splits, tmp_path, capsys):
     probe = tmp_path / "probe"
     code = main(["probe", "fit", *_model_args(pretrained_tiny_clip), "--train", str(splits["train"]),
-                 "--train-images-dir", str(tiny_world), "--val-fraction", "0.2", "--grid", "1e-4", "1e-2",
+                 "--train-images-dir", str(tiny_world), "--val-fraction", "0.2", "--grid", "1e-4", "1e-2", "--widen", "0",
                  "--out", str(probe), *_common(cache, tiny_world)[2:]])
     assert code == 0
     printed = capsys.readouterr().out
     assert "<- chosen" in printed and "3 city classes" in printed
     meta = json.loads((probe / "probe.json").read_text())
-    assert meta["refit"] is True and set(meta["val_accuracy"]) == {"0.0001", "0.01"}
+    assert meta["refit"] is True and set(meta["val_accuracy"]) == {"0.0001", "0.01"}  # --widen 0: as given
     code = main(["probe", "eval", "--probe", str(probe), "--images", str(splits["test"]), "--out", str(tmp_path / "ev"),
                  *_common(cache, tiny_world)])
     assert code == 0

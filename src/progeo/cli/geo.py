@@ -8,6 +8,9 @@ _MODEL_HELP = ("open_clip ARCH[:TAG], e.g. ViT-B-32:openai (needs its weights in
                "or a backbone such as tiny-rn / tiny-vit with --weights")
 _IMAGES_HELP = ("a folder of images (predictions only) or a labels CSV: IM2GPS3k (IMG_ID,LAT,LON), Place Pulse "
                 "(image,lat,lon,city[,country]) or a synthetic world's labels.csv (path,lat,lon,city,country)")
+_OUT_HELP = ("write predictions.csv (or .json) and metrics.json here; a prediction row holds image, lat, lon (the "
+             "prediction), with labels true_lat, true_lon, true_city, true_country and error_km (great circle), "
+             "then topN, topN_country and topN's score")
 _PLACES_HELP = ("candidate places: a CSV (name,country,lat,lon), world:N (built-in GeoNames cities of >= N "
                 "inhabitants, offline) or a synthetic world folder / world.json")
 
@@ -59,7 +62,7 @@ def register(subparsers) -> None:
                    help="one template per line with {city}/{country} ({country} only with --country-mode prompts); "
                         "default: the built-in set")
     p.add_argument("--top-k", type=int, default=5, help="places per image in the predictions (default: %(default)s)")
-    p.add_argument("--out", default=None, metavar="DIR", help="write predictions.csv (or .json) and metrics.json here")
+    p.add_argument("--out", default=None, metavar="DIR", help=_OUT_HELP)
     p.add_argument("--predictions-format", choices=("csv", "json"), default="csv")
     _common(p)
     p.add_argument("--no-text-cache", dest="text_cache", action="store_false",
@@ -85,7 +88,11 @@ def register(subparsers) -> None:
     p.add_argument("--places", default=None, metavar="CSV|world:N|WORLD",
                    help=_PLACES_HELP + "; classes and coordinates come from them (needed for GPS-only labels)")
     p.add_argument("--grid", type=float, nargs="+", default=None, metavar="L2",
-                   help="l2 values to try (default: 1e-6 1e-5 1e-4 1e-3 1e-2 1e-1)")
+                   help="l2 values to try (default: 1e-6 1e-5 1e-4 1e-3 1e-2 1e-1); a best value at an edge "
+                        "widens the grid by factors of 10 past it (see --widen), with a warning")
+    p.add_argument("--widen", type=int, default=3, metavar="N",
+                   help="l2 values tried past an edge of --grid when the best lies on it, stopping at the first "
+                        "that is not better; 0: never (default: %(default)s)")
     p.add_argument("--max-iter", type=int, default=200, help="L-BFGS iterations per l2 (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split (default: %(default)s)")
     p.add_argument("--out", required=True, metavar="PROBE", help="folder for probe.safetensors and probe.json")
@@ -103,7 +110,7 @@ def register(subparsers) -> None:
     p.add_argument("--places", default=None, metavar="CSV|world:N|WORLD",
                    help="country probes: gives each image's country when the labels have only a city or coordinates")
     p.add_argument("--top-k", type=int, default=5, help="classes per image in the predictions (default: %(default)s)")
-    p.add_argument("--out", default=None, metavar="DIR", help="write predictions.csv (or .json) and metrics.json here")
+    p.add_argument("--out", default=None, metavar="DIR", help=_OUT_HELP)
     p.add_argument("--predictions-format", choices=("csv", "json"), default="csv")
     _common(p)
     p.set_defaults(func=_probe_eval)
@@ -155,7 +162,8 @@ def _probe_fit(args: argparse.Namespace) -> int:
     cfg = ProbeFitConfig(model=args.model, weights=args.weights, train=args.train, train_images_dir=args.train_images_dir,
                          val=args.val, val_images_dir=args.val_images_dir, val_fraction=args.val_fraction,
                          level=args.level, places=args.places, out=args.out,
-                         grid=tuple(args.grid) if args.grid else REG_GRID, max_iter=args.max_iter, seed=args.seed,
+                         grid=tuple(args.grid) if args.grid else REG_GRID, widen=max(args.widen, 0),
+                         max_iter=args.max_iter, seed=args.seed,
                          **_shared(args))
     probe = run_probe_fit(cfg)
     print("l2        val top-1 %")

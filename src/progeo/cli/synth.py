@@ -8,7 +8,8 @@ DESCRIPTION = """Render a synthetic visual geo-localization world (Lisbon, Porto
 Marrakesh) into OUT in the benchmark layout: train/, val/{database,queries}/,
 test/{database,queries,queries_night,queries_occlusion}/ with *_images_paths.txt files, images named
 @UTM_east@UTM_north@zone@letter@lat@lon@pano_id@tile@heading@pitch@roll@height@timestamp@note@.jpg,
-plus captions.tsv, labels.csv (path,lat,lon,city,country) and world.json. Presets: tiny (3 cities,
+plus captions.tsv, labels.csv (path,lat,lon,city,country), its rows split into labels_train.csv,
+labels_val.csv and labels_test.csv (for progeo zeroshot / probe fit / probe eval), and world.json. Presets: tiny (3 cities,
 64 px, 1.8 k images), small (6 cities, 128 px, 5.9 k), default (6 cities, 128 px, 11.5 k).
 The same seed gives byte-identical files whatever the number of workers. OUT must be new or empty,
 or a world made by this command (replaced only with --overwrite)."""

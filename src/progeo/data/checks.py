@@ -1,9 +1,11 @@
 """Validate a train or test folder and report counts and *every* problem found.
 
 :func:`check_dataset` never stops at the first problem: missing or empty folders, unreadable
-or stale paths files, malformed names (each listed, capped with "... and K more"), too few
-images per class. Only a path that is not a folder at all, or an option naming a query folder
-that does not exist, raises (:class:`~progeo.errors.ProgeoError`): there is nothing to check.
+or stale paths files (a suspect list is compared with a walk of its folder), malformed names (each
+listed, capped with "... and K more"), too few images per class and, with ``ImageChecks.verify``,
+every image that cannot be read (:mod:`progeo.data.verify_images`). Only a path that is not a
+folder at all, or an option naming a query folder that does not exist, raises
+(:class:`~progeo.errors.ProgeoError`): there is nothing to check.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 
 from progeo.data.groups import GroupsConfig, build_groups
 from progeo.data.image_lists import (ImageList, check_folder, paths_file_for, read_paths_file,
-                                     sample_indices, walk_images)
+                                     regenerate_hint, sample_indices, walk_images)
 from progeo.data.test_sets import DATABASE_FOLDER, list_query_folders, positives_within, select_query_folder
 from progeo.data.vg_names import NAME_TEMPLATE, ParsedNames, parse_vg_names
 from progeo.errors import ConfigError, DatasetError
@@ -58,7 +60,18 @@ class DatasetReport:
         return "\n".join(lines)
 
 
-def _read_list(folder: Path, what: str, report: DatasetReport, label: str, paths_sample: int | None) -> ImageList | None:
+@dataclass
+class ImageChecks:
+    """How the image files themselves are checked: ``paths_sample`` entries of a paths file checked to
+    exist (None: all); ``verify``: None, "headers" or "full" (:mod:`progeo.data.verify_images`)."""
+
+    paths_sample: int | None = 1000
+    verify: str | None = None
+    workers: int = 4
+    progress: bool = True
+
+
+def _read_list(folder: Path, what: str, report: DatasetReport, label: str, checks: ImageChecks) -> ImageList | None:
     """The image list of ``folder``, or None after recording why it cannot be had."""
     try:
         check_folder(folder, what)
@@ -77,16 +90,43 @@ def _read_list(folder: Path, what: str, report: DatasetReport, label: str, paths
                                f"and no {paths_file.name} beside it")
         return None
     if images.source is not None:
-        checked = np.arange(len(images)) if paths_sample is None else sample_indices(len(images), paths_sample)
-        missing = images.missing(checked)
-        if missing:
-            shown = ", ".join(repr(images.relative_path(i)) for i in missing[:5])
-            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            report.problems.append(
-                f"{len(missing)} of {len(checked)} checked entries of {images.source} do not exist under "
-                f"{folder}: {shown}{more}; paths must be relative to {folder} itself (regenerate the "
-                f"list or delete it to walk the folder)")
+        _check_paths_file(images, report, checks.paths_sample)
+    if checks.verify is not None:
+        from progeo.data.verify_images import verify_images
+
+        bad = verify_images(images, full=checks.verify == "full", workers=checks.workers, progress=checks.progress,
+                            desc=f"verifying {label} images ({checks.verify})")
+        report.counts[f"{label} images verified"] = f"{len(images):,} ({checks.verify})"
+        report.counts[f"{label} bad images"] = len(bad)
+        report.problems += [f"bad image {images.relative_path(i)!r} ({images.origin}): {why}" for i, why in bad]
     return images
+
+
+def _check_paths_file(images: ImageList, report: DatasetReport, paths_sample: int | None) -> None:
+    """Listed entries that do not exist, and, when a sample says the list may be stale, the images a walk
+    finds that it does not list."""
+    folder, checked = images.root, (np.arange(len(images)) if paths_sample is None
+                                    else sample_indices(len(images), paths_sample))
+    missing = images.missing(checked)
+    if missing:
+        shown = ", ".join(repr(images.relative_path(i)) for i in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        report.problems.append(
+            f"{len(missing)} of {len(checked)} checked entries of {images.source} do not exist under "
+            f"{folder}: {shown}{more}; paths must be relative to {folder} itself: {regenerate_hint(folder)}")
+    newer = images.newer_folders(checked)
+    if not (missing or newer):
+        return
+    walked = walk_images(folder)
+    listed = {images.relative_path(i) for i in range(len(images))}
+    unlisted = [path for path in map(walked.relative_path, range(len(walked))) if path not in listed]
+    if unlisted:
+        shown = ", ".join(map(repr, unlisted[:5])) + (f" and {len(unlisted) - 5} more" if len(unlisted) > 5 else "")
+        report.problems.append(f"the image list {images.source} is stale: {len(unlisted)} image(s) under {folder} "
+                               f"are not listed ({shown}); {regenerate_hint(folder)}")
+    elif newer and not missing:
+        report.notes.append(f"{newer[0]} was modified after {images.source} was written, but the list matches "
+                            f"a walk of {folder}")
 
 
 def _zones(parsed: ParsedNames) -> str:
@@ -116,8 +156,8 @@ def _parse(images: ImageList, fields: tuple[str, ...], required: tuple[str, ...]
 
 
 def _check_train(root: Path, report: DatasetReport, config: GroupsConfig, max_listed: int,
-                 paths_sample: int | None) -> None:
-    images = _read_list(root, "train folder", report, "train", paths_sample)
+                 checks: ImageChecks) -> None:
+    images = _read_list(root, "train folder", report, "train", checks)
     if images is None:
         return
     fields = ("utm_east", "utm_north", "heading")
@@ -139,9 +179,9 @@ def _check_train(root: Path, report: DatasetReport, config: GroupsConfig, max_li
 
 
 def _check_test(root: Path, report: DatasetReport, queries: str | None, positive_dist: float, max_listed: int,
-                paths_sample: int | None) -> None:
+                checks: ImageChecks) -> None:
     folders = [select_query_folder(root, queries)] if queries is not None else list_query_folders(root)
-    db = _read_list(root / DATABASE_FOLDER, "database folder", report, "database", paths_sample)
+    db = _read_list(root / DATABASE_FOLDER, "database folder", report, "database", checks)
     db_utms = None
     if db is not None:
         parsed = _parse(db, ("utm_east", "utm_north"), ("utm_east", "utm_north"), report, "database", max_listed)
@@ -149,7 +189,7 @@ def _check_test(root: Path, report: DatasetReport, queries: str | None, positive
     if not folders:
         report.problems.append(f"no query folder in {root}: expected a sub-folder named queries (or queries_*)")
     for name in folders:
-        q = _read_list(root / name, "query folder", report, name, paths_sample)
+        q = _read_list(root / name, "query folder", report, name, checks)
         if q is None:
             continue
         parsed = _parse(q, ("utm_east", "utm_north"), ("utm_east", "utm_north"), report, name, max_listed)
@@ -164,10 +204,12 @@ def _check_test(root: Path, report: DatasetReport, queries: str | None, positive
 
 def check_dataset(path: str | os.PathLike, kind: str = "auto", *, queries: str | None = None,
                   positive_dist: float = 25.0, groups_config: GroupsConfig = GroupsConfig(),
-                  max_listed: int = 20, paths_sample: int | None = 1000) -> DatasetReport:
+                  max_listed: int = 20, paths_sample: int | None = 1000,
+                  images: ImageChecks | None = None) -> DatasetReport:
     """Check a train folder or a test folder (``database/`` + ``queries*/``).
 
-    ``paths_sample`` entries of each paths file are checked to exist (None: all of them).
+    ``paths_sample`` entries of each paths file are checked to exist (None: all of them);
+    ``images`` (which overrides ``paths_sample``) also verifies the image files.
     Raises :class:`DatasetError` when ``path`` is not a folder and :class:`ConfigError` for a bad
     option; every other problem goes into the report.
     """
@@ -178,9 +220,12 @@ def check_dataset(path: str | os.PathLike, kind: str = "auto", *, queries: str |
     root = check_folder(path, "dataset folder")
     if kind == "auto":
         kind = "test" if (root / DATABASE_FOLDER).is_dir() or list_query_folders(root) else "train"
+    checks = images or ImageChecks(paths_sample)
+    if checks.verify not in (None, "headers", "full"):
+        raise ConfigError(f"verify must be None, 'headers' or 'full', got {checks.verify!r}")
     report = DatasetReport(root, kind)
     if kind == "train":
-        _check_train(root, report, groups_config, max_listed, paths_sample)
+        _check_train(root, report, groups_config, max_listed, checks)
     else:
-        _check_test(root, report, queries, positive_dist, max_listed, paths_sample)
+        _check_test(root, report, queries, positive_dist, max_listed, checks)
     return report

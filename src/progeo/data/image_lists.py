@@ -6,11 +6,20 @@ exists (one path per line, relative to the folder itself: ``train_images_paths.t
 ends are tolerated), otherwise from a recursive, sorted walk of the folder (``.jpg``,
 ``.jpeg``, ``.png``, any case). Reading a list of millions of paths is one ``read_bytes`` and a
 vectorized newline search: no Python string is made until a path is asked for.
+
+A paths file goes stale when images are added or deleted after it was written. Reading it stays
+scan-free: a sample of entries is checked to exist (a stale list is then an error), and the
+folder and the folders of those entries are checked not to have been modified after the list
+(``st_mtime``: adding or deleting a file updates its folder's); a newer folder is a warning,
+since a copy without ``-p`` can also reorder the times. An image that turns out to be missing
+when decoded names the list too (:func:`missing_image_message`). ``progeo list-images FOLDER``
+regenerates a list; ``progeo check-dataset`` compares a suspect list with a walk.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -22,12 +31,26 @@ from progeo.errors import DatasetError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 PATHS_FILE_SUFFIX = "_images_paths.txt"
 _SCAN_BLOCK = 1 << 22  # bytes scanned per numpy pass (bounds the temporary bool array)
+log = logging.getLogger(__name__)
 
 
 def paths_file_for(folder: str | os.PathLike) -> Path:
     """``<folder>_images_paths.txt`` beside ``folder`` (it may not exist)."""
     folder = Path(folder)
     return folder.parent / f"{folder.name}{PATHS_FILE_SUFFIX}"
+
+
+def regenerate_hint(folder: str | os.PathLike) -> str:
+    """How to rebuild the paths file of ``folder``, for messages."""
+    folder = Path(folder)
+    return (f"regenerate it with `progeo list-images {folder}` (or delete {paths_file_for(folder)} to walk "
+            f"the folder instead)")
+
+
+def missing_image_message(path: str | os.PathLike, list_file: str | os.PathLike, folder: str | os.PathLike) -> str:
+    """The error for a listed image that does not exist: the list is stale, not the image bad."""
+    return (f"image {os.fspath(path)} is listed in {list_file} but does not exist: the list is stale (images "
+            f"deleted or moved since it was written); {regenerate_hint(folder)}")
 
 
 def sample_indices(n: int, k: int) -> np.ndarray:
@@ -111,6 +134,26 @@ class ImageList(Sequence[str]):
         """Those of ``indices`` whose file does not exist."""
         return [int(i) for i in indices if not os.path.exists(self[int(i)])]
 
+    def newer_folders(self, indices: Iterable[int]) -> list[Path]:
+        """The root and the folders of the ``indices`` entries modified after the paths file was
+        written (one ``stat`` per distinct folder, no directory scan); [] for a folder walk."""
+        if self.source is None:
+            return []
+        try:
+            listed = os.stat(self.source).st_mtime_ns
+        except OSError:
+            return []
+        folders = {self.root}
+        folders.update(self.root / os.path.dirname(self.relative_path(int(i))) for i in indices)
+        newer = []
+        for folder in sorted(folders):
+            try:
+                if os.stat(folder).st_mtime_ns > listed:
+                    newer.append(folder)
+            except OSError:
+                continue
+        return newer
+
     def __repr__(self) -> str:
         return f"ImageList({len(self)} images {self.origin})"
 
@@ -185,9 +228,12 @@ def read_image_list(folder: str | os.PathLike, *, use_paths_file: bool = True,
             raise DatasetError(
                 f"the image list {paths_file} is stale: {len(missing)} of the "
                 f"{min(verify_sample, len(images))} entries checked do not exist under {folder} "
-                f"(e.g. {shown}); paths must be relative to {folder} itself. Regenerate the list "
-                f"(progeo.data.image_lists.write_paths_file) or delete it to walk the folder"
+                f"(e.g. {shown}); paths must be relative to {folder} itself: {regenerate_hint(folder)}"
             )
+        newer = images.newer_folders(sample_indices(len(images), verify_sample))
+        if newer:
+            log.warning("the image list %s may be stale: %s changed after it was written (images added or deleted "
+                        "since are not seen); %s", paths_file, ", ".join(map(str, newer[:3])), regenerate_hint(folder))
         return images
     images = walk_images(folder)
     if len(images) == 0:

@@ -181,6 +181,8 @@ class ImageFileDataset(Dataset):
     ):
         _check_option(resize_mode, RESIZE_MODES, "resize_mode")
         self.paths = _PathTable(paths)
+        # an ImageList read from a paths file: a missing image then means a stale list
+        self.list_file, self.list_root = getattr(paths, "source", None), getattr(paths, "root", None)
         self.image_size = None if image_size is None else as_size(image_size)  # None: native size
         self.resize_mode = resize_mode
         self.fast_jpeg = fast_jpeg
@@ -194,6 +196,10 @@ class ImageFileDataset(Dataset):
             img = load_image(path, self.image_size, self.resize_mode, self.fast_jpeg)
             return DecodedItem(pil_to_uint8_tensor(img), index, None)
         except _DECODE_ERRORS as exc:
+            if isinstance(exc, FileNotFoundError) and self.list_file is not None:
+                from progeo.data.image_lists import missing_image_message
+
+                return DecodedItem(None, index, missing_image_message(path, self.list_file, self.list_root))
             return DecodedItem(None, index, _bad_image_message(path, exc))
 
 

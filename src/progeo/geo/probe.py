@@ -4,7 +4,8 @@ Multinomial logistic regression (cross-entropy + ``l2 * ||W||^2``, bias not pena
 with torch by full-batch L-BFGS on the cached features, which are L2-normalized (as CLIP's)
 and then standardized with the training mean and standard deviation. The strength ``l2`` is
 chosen on a validation split from a small grid (1e-6 ... 1e-1, warm-started from the strongest;
-each value's val accuracy is logged and saved; ties go to the stronger regularization).
+each value's val accuracy is logged and saved; ties go to the stronger regularization; a best
+value at an edge of the grid widens it by decades past that edge, with a warning).
 Validation is either an explicit labelled list, which stays held-out, or a stratified
 ``val_fraction`` of the training list, which is folded back for a final fit at the chosen ``l2``.
 
@@ -40,6 +41,7 @@ from progeo.geo.report import ClassTable, Predictions, geo_medoid, rank_top_k
 log = logging.getLogger(__name__)
 
 REG_GRID: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+WIDEN_STEPS = 3  # values tried past an edge of the grid when the best l2 lies on it
 PROBE_FORMAT = "progeo-linear-probe"
 PROBE_VERSION = 1
 WEIGHTS_NAME, META_NAME = "probe.safetensors", "probe.json"
@@ -91,18 +93,43 @@ def _lbfgs(x, y, n_classes: int, l2: float, init, max_iter: int):
     return w.detach(), b.detach()
 
 
-def select_l2(x_train, y_train, x_val, y_val, n_classes: int, grid: Sequence[float] = REG_GRID, max_iter: int = 200):
-    """Fit every ``l2`` of ``grid`` (strongest first, warm-started); return (best l2, {l2: val acc}, (W, b))."""
+def select_l2(x_train, y_train, x_val, y_val, n_classes: int, grid: Sequence[float] = REG_GRID, max_iter: int = 200,
+              widen: int = WIDEN_STEPS):
+    """Fit every ``l2`` of ``grid`` (strongest first, warm-started); return (best l2, {l2: val acc}, (W, b)).
+
+    A best ``l2`` at an edge of a grid of two values or more means the optimum may lie beyond it:
+    the grid is widened by factors of 10 past that edge (up to ``widen`` values, warm-started from
+    the best fit, stopping at the first value that is not strictly better), with a warning; another
+    warning says when the best is still at the edge.
+    """
     if not grid:
         raise ConfigError("the regularization grid is empty; give at least one l2 value")
     best, accs, params, state = None, {}, None, None
-    for l2 in sorted(grid, reverse=True):
-        state = train_logistic_regression(x_train, y_train, n_classes, float(l2), init=state, max_iter=max_iter)
-        acc = float(((x_val @ state[0].T + state[1]).argmax(1) == y_val).float().mean())
-        accs[float(l2)] = acc
-        log.info("linear probe: l2=%g val top-1 %.2f%%", l2, 100 * acc)
-        if best is None or acc > accs[best]:
-            best, params = float(l2), state
+
+    def fit(l2: float, init):
+        state = train_logistic_regression(x_train, y_train, n_classes, l2, init=init, max_iter=max_iter)
+        accs[l2] = float(((x_val @ state[0].T + state[1]).argmax(1) == y_val).float().mean())
+        log.info("linear probe: l2=%g val top-1 %.2f%%", l2, 100 * accs[l2])
+        return state
+
+    for l2 in sorted({float(v) for v in grid}, reverse=True):
+        state = fit(l2, state)
+        if best is None or accs[l2] > accs[best]:
+            best, params = l2, state
+    at_edge = lambda: len(accs) > 1 and best in (min(accs), max(accs))  # noqa: E731
+    if at_edge() and widen > 0:
+        edge, step, first = ("weakest", 0.1, best) if best == min(accs) else ("strongest", 10.0, best)
+        for _ in range(widen):
+            l2 = float(f"{best * step:.6g}")
+            state = fit(l2, params)
+            if not accs[l2] > accs[best]:
+                break
+            best, params = l2, state
+        log.warning("linear probe: the best l2 %g was the %s value of the grid; widened the grid to %s: chose l2=%g",
+                    first, edge, ", ".join(f"{v:g}" for v in sorted(accs)), best)
+    if at_edge():
+        log.warning("linear probe: the best l2 %g is at the edge of the %sgrid; pass --grid with values beyond it",
+                    best, "widened " if widen > 0 else "")
     log.info("linear probe: chose l2=%g (val top-1 %.2f%%)", best, 100 * accs[best])
     return best, accs, params
 

@@ -17,9 +17,9 @@ from progeo.errors import ConfigError, DatasetError
 from progeo.geo.features import GemModel, image_features
 from progeo.geo.labelled_images import LabelledImages, read_labelled_images
 from progeo.geo.places import PlaceList
-from progeo.geo.probe import REG_GRID, LinearProbe, load_probe, probe_classes, select_l2, stratified_split, \
+from progeo.geo.probe import REG_GRID, WIDEN_STEPS, LinearProbe, load_probe, probe_classes, select_l2, stratified_split, \
     train_logistic_regression
-from progeo.geo.report import GemRun, evaluate, true_classes
+from progeo.geo.report import GemRun, evaluate_labelled, true_classes
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,10 @@ def _standardizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def fit_probe(gem: GemModel, train: LabelledImages, val: LabelledImages | None = None, *, level: str = "city",
               places: PlaceList | None = None, val_fraction: float = 0.2, grid: Sequence[float] = REG_GRID,
-              max_iter: int = 200, seed: int = 0, options: FeatureOptions | None = None) -> LinearProbe:
-    """Fit a probe on ``train``; ``l2`` chosen on ``val`` (held-out) or on a ``val_fraction`` carve-out (refit)."""
+              max_iter: int = 200, seed: int = 0, options: FeatureOptions | None = None,
+              widen: int = WIDEN_STEPS) -> LinearProbe:
+    """Fit a probe on ``train``; ``l2`` chosen on ``val`` (held-out) or on a ``val_fraction`` carve-out (refit);
+    ``widen``: values tried past an edge of ``grid`` when the best lies on it (:func:`~progeo.geo.probe.select_l2`)."""
     import torch
 
     opts = options or FeatureOptions()
@@ -70,7 +72,7 @@ def fit_probe(gem: GemModel, train: LabelledImages, val: LabelledImages | None =
     as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(dev)  # noqa: E731
     as_y = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64)).to(dev)  # noqa: E731
     l2, accs, (w, b) = select_l2(as_t((x_fit - mean) / std), as_y(y_fit), as_t((x_val - mean) / std), as_y(y_val),
-                                 len(classes), grid, max_iter)
+                                 len(classes), grid, max_iter, widen)
     refit = val is None
     if refit:  # the carve-out goes back into training for the final model
         mean, std = _standardizer(x)
@@ -92,8 +94,7 @@ def evaluate_probe(probe: LinearProbe, gem: GemModel, paths: Sequence[str], labe
     pred = probe.predict(feats.features, [str(paths[i]) for i in feats.kept], top_k)
     metrics = None
     if truth is not None:
-        rows = feats.kept
-        metrics = evaluate(pred, truth[0][rows], labels.lat[rows], labels.lon[rows], [truth[1][i] for i in rows])
+        metrics = evaluate_labelled(pred, labels, feats.kept, *truth)
     info = {"model": gem.spec.to_dict(), "probe": probe.source, "l2": probe.l2}
     return GemRun(name or f"linear probe {probe.classes.level}", pred, metrics, list(feats.skipped), info, top_k)
 
@@ -126,6 +127,7 @@ class ProbeFitConfig(_FeatureFields):
     places: str | None = None  # candidate places (CSV, world:N, or a synthetic world): classes for GPS-only labels
     out: str = ""  # probe folder
     grid: tuple[float, ...] = REG_GRID
+    widen: int = WIDEN_STEPS  # values tried past an edge of the grid when the best l2 lies on it (0: never)
     max_iter: int = 200
     seed: int = 0
 
@@ -172,7 +174,7 @@ def run_probe_fit(cfg: ProbeFitConfig) -> LinearProbe:
     opts = _options(cfg)
     gem = load_gem_model(cfg.model, cfg.weights, opts.device)
     probe = fit_probe(gem, train, val, level=cfg.level, places=_places(cfg.places), val_fraction=cfg.val_fraction,
-                      grid=cfg.grid, max_iter=cfg.max_iter, seed=cfg.seed, options=opts)
+                      grid=cfg.grid, max_iter=cfg.max_iter, seed=cfg.seed, options=opts, widen=cfg.widen)
     probe.source = str(probe.save(cfg.out))
     return probe
 

@@ -126,16 +126,33 @@ class Predictions:
     pred_lat: np.ndarray  # (N,)
     pred_lon: np.ndarray
     score_name: str = "cosine"
+    truth: dict[str, Any] | None = None  # true_lat, true_lon (arrays), true_city, true_country (lists); see set_truth
 
     @property
     def pred_countries(self) -> list[str]:
         return [self.classes.countries[i] for i in self.top_index[:, 0]]
 
+    def set_truth(self, lat: np.ndarray, lon: np.ndarray, cities: Sequence[str], countries: Sequence[str]) -> None:
+        """The images' true position, city ("" when unknown) and country, in the order of ``paths``: the
+        rows then carry them and ``error_km``, the great-circle distance of the prediction."""
+        lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
+        if not len(lat) == len(lon) == len(cities) == len(countries) == len(self.paths):
+            raise ValueError("set_truth: one true position, city and country per predicted image")
+        self.truth = {"true_lat": lat, "true_lon": lon, "true_city": list(cities), "true_country": list(countries),
+                      "error_km": haversine_km(lat, lon, self.pred_lat, self.pred_lon)}
+
     def rows(self, top: int | None = None) -> list[dict[str, Any]]:
+        """One dict per image: ``image, lat, lon`` (the prediction), with the truth ``true_lat, true_lon,
+        true_city, true_country, error_km`` when known, then ``topN, topN_country, topN_<score>``."""
         k = self.top_index.shape[1] if top is None else min(top, self.top_index.shape[1])
+        t = self.truth
         out = []
         for i, path in enumerate(self.paths):
             row = {"image": path, "lat": round(float(self.pred_lat[i]), 6), "lon": round(float(self.pred_lon[i]), 6)}
+            if t is not None:
+                row.update(true_lat=round(float(t["true_lat"][i]), 6), true_lon=round(float(t["true_lon"][i]), 6),
+                           true_city=t["true_city"][i], true_country=t["true_country"][i],
+                           error_km=round(float(t["error_km"][i]), 3))
             for r in range(k):
                 c = int(self.top_index[i, r])
                 row[f"top{r + 1}"] = self.classes.names[c]
@@ -229,6 +246,16 @@ class GemRun:
             write_json_atomic(files["metrics"], {"run": self.name, **self.info, "skipped_images": self.skipped,
                                                   **self.metrics})
         return files
+
+
+def evaluate_labelled(pred: Predictions, labels: LabelledImages, rows: np.ndarray, targets: np.ndarray,
+                      true_countries: Sequence[str]) -> dict[str, Any]:
+    """Metrics of ``pred`` (the images ``labels[rows]``, whose classes and countries are ``targets`` and
+    ``true_countries`` over all of ``labels``), after attaching the truth to the predictions' rows."""
+    countries = [true_countries[i] for i in rows]
+    pred.set_truth(labels.lat[rows], labels.lon[rows], [labels.cities[i] if labels.cities else "" for i in rows],
+                   countries)
+    return evaluate(pred, targets[rows], labels.lat[rows], labels.lon[rows], countries)
 
 
 def evaluate(pred: Predictions, targets: np.ndarray, true_lat: np.ndarray, true_lon: np.ndarray,

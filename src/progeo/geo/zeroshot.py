@@ -35,7 +35,7 @@ import numpy as np
 
 from progeo.errors import ConfigError
 from progeo.geo.places import PlaceList, read_places_csv, world_cities
-from progeo.geo.report import ClassTable, GemRun, Predictions, evaluate, rank_top_k, true_classes
+from progeo.geo.report import ClassTable, GemRun, Predictions, evaluate_labelled, rank_top_k, true_classes
 from progeo.geo.templates import default_templates, load_templates, render_texts
 from progeo.geo.text_features import cached_class_text_features, encode_class_texts, ensemble_text_features  # noqa: F401
 
@@ -201,8 +201,7 @@ def zeroshot_run(gem, classifier: ZeroShotClassifier, paths: Sequence[str], feat
     metrics = None
     if labels is not None:
         targets, countries = true_classes(labels, classifier.classes, classifier.places)
-        rows = features.kept
-        metrics = evaluate(pred, targets[rows], labels.lat[rows], labels.lon[rows], [countries[i] for i in rows])
+        metrics = evaluate_labelled(pred, labels, features.kept, targets, countries)
     info: dict[str, Any] = {"model": gem.spec.to_dict(), "level": classifier.level, "templates": list(classifier.templates),
                             "candidates": classifier.places.source, "candidate_places": len(classifier.places)}
     if classifier.level == "country":

@@ -14,6 +14,7 @@ capture years. Positions are real UTM / WGS84 coordinates around each city's cen
     DIR/test/database/, DIR/test/queries/, DIR/test/queries_night/, DIR/test/queries_occlusion/
     DIR/captions.tsv                    path<TAB>caption (path relative to DIR), every image
     DIR/labels.csv                      path,lat,lon,city,country (path relative to DIR)
+    DIR/labels_{train,val,test}.csv     the same rows split by top folder (GEM probe fit / eval)
 
 Paths in ``<folder>_images_paths.txt`` are relative to ``<folder>``. File names follow
 ``@UTM_east@UTM_north@UTM_zone_number@UTM_zone_letter@lat@lon@pano_id@tile_num@heading@pitch@roll@height@timestamp@note@.jpg``

@@ -34,6 +34,7 @@ from progeo.io import write_json_atomic
 log = logging.getLogger(__name__)
 GENERATOR = "progeo.synthetic"
 GENERATOR_VERSION = 1
+SPLITS = ("train", "val", "test")  # each gets its own labels_<split>.csv
 JPEG_QUALITY = 90
 TASK_IMAGES = 48
 
@@ -199,10 +200,12 @@ def _write_indexes(root: Path, rows: list[tuple]) -> dict[str, int]:
     with open(root / "captions.tsv", "w", encoding="utf-8") as f:
         for r in rows:
             f.write(f"{r[0]}/{r[1]}\t{r[6]}\n")
-    with open(root / "labels.csv", "w", encoding="utf-8") as f:
-        f.write("path,lat,lon,city,country\n")
-        for r in rows:
-            f.write(f"{r[0]}/{r[1]},{r[2]:.6f},{r[3]:.6f},{r[4]},{r[5]}\n")
+    for split in ("", *SPLITS):  # labels.csv: every image; labels_<split>.csv: the images under <split>/
+        with open(root / (f"labels_{split}.csv" if split else "labels.csv"), "w", encoding="utf-8") as f:
+            f.write("path,lat,lon,city,country\n")
+            for r in rows:
+                if not split or r[0].split("/", 1)[0] == split:
+                    f.write(f"{r[0]}/{r[1]},{r[2]:.6f},{r[3]:.6f},{r[4]},{r[5]}\n")
     return counts
 
 
