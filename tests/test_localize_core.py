@@ -177,3 +177,19 @@ def test_accuracy_coverage_auc():
     assert accuracy_coverage_auc(np.zeros(4), right[::-1]) == pytest.approx(50.0)
     with pytest.raises(ConfigError, match="one length"):
         accuracy_coverage(np.zeros(3), right)
+
+
+def test_localize_help_documents_every_output_column(capsys):
+    from dataclasses import fields
+
+    from progeo.cli import build_parser
+    from progeo.eval.localize_core import Match, PhotoPrediction
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["localize", "--help"])
+    text = capsys.readouterr().out
+    epilog = text[text.index("output columns"):]
+    table_header = format_predictions_table(predict_positions(np.array([[0]]), np.array([[0.5]]), _two_cities(), ["a"]))
+    names = {f.name for f in fields(PhotoPrediction)} | {f.name for f in fields(Match)} | set(table_header.split()[:8])
+    missing = [n for n in sorted(names) if n not in epilog]  # the printed table's columns and the JSON fields
+    assert not missing, f"undocumented localize outputs: {missing}"
