@@ -119,6 +119,16 @@ def table(folders: dict) -> str:
     return "\n".join(lines)
 
 
+def bands(f: dict, edges=(0.0, 0.3, 0.6, 1.0)) -> str:
+    """Right answers per confidence band (all folders): what a confidence value means here."""
+    lines = ["| confidence | photos | right at the place % | right in the city % |", "|---|---:|---:|---:|"]
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (f["confidence"] >= lo) & ((f["confidence"] < hi) | (hi == edges[-1]))
+        share = (lambda r: f"{100 * r[m].mean():.1f}") if m.any() else (lambda r: "-")
+        lines.append(f"| {lo:g}-{hi:g} | {int(m.sum())} | {share(f['place'])} | {share(f['city'])} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="default", choices=("tiny", "small", "default"), help="synthetic world")
@@ -148,6 +158,7 @@ def main() -> None:
     print(f"{model_name} on {world.name}; right = within {PLACE_M:g} m (place) / {CITY_M / 1000:g} km (city); "
           f"AUC = area under accuracy vs coverage, answers ranked by each score (%)")
     print(table(folders))
+    print(bands(folders["all"]))
     print(f"({time.perf_counter() - start:.0f} s)")
 
 

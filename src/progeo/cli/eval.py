@@ -115,7 +115,7 @@ def register(subparsers) -> None:
         "localize", help="predict where photos were taken from an index", epilog=LOCALIZE_COLUMNS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="For each photo (in the order given; a folder's images in natural order: photo2 before "
-                    "photo10): the position of its best match (lat/lon and UTM), a confidence from how many of "
+                    "photo10): the position of its best match (lat/lon and UTM), a confidence from how well "
                     "its 10 best matches agree with that position, and the top-k matches with their distances "
                     "to the predicted position.")
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="image files or folders of images")
