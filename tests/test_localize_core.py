@@ -5,8 +5,10 @@ import pytest
 import utm
 
 from progeo.errors import ConfigError, DatasetError
+from progeo.eval.confidence import accuracy_coverage, accuracy_coverage_auc
 from progeo.eval.localize_core import (
     DatabaseCoordinates,
+    cosine_scale_scores,
     format_predictions_table,
     haversine_m,
     predict_positions,
@@ -41,14 +43,82 @@ def test_position_and_confidence(predictions):
     lat, lon = utm.to_latlon(EAST[0], NORTH[0], 10, "S")
     assert (a.lat, a.lon) == pytest.approx((lat, lon)) and (a.utm_east, a.utm_north) == (EAST[0], NORTH[0])
     assert (a.utm_zone_number, a.utm_zone_letter) == (10, "S")
-    assert a.confidence == pytest.approx(0.9 - 0.8)  # the rival: id 2, 300 m from the best
-    assert a.rival_in_top_k and a.agreeing == 3  # ids 0, 1 (10 m) and 4 (20 m)
-    assert [m.distance_to_best_m for m in a.matches] == pytest.approx([0, 10, 300, 20])
+    # a: runner-ups ids 1 (10 m), 2 (300 m), 4 (20 m): 2 of 3 at the place, 3 of 3 in the city
+    assert (a.runner_ups, a.agreeing, a.agreeing_city) == (3, 2, 3)
+    w = np.exp((np.array([0.9, 0.85, 0.8, 0.7]) - 0.9) / 0.05)  # similarity weights; id 2 is at another place
+    assert a.confidence == pytest.approx(((w.sum() - w[2]) / w.sum() + 1) / 2)
+    assert [m.distance_to_prediction_m for m in a.matches] == pytest.approx([0, 10, 300, 20])
     assert [m.rank for m in a.matches] == [1, 2, 3, 4] and a.matches[2].path == "database/img_2.jpg"
-    # b: every match within 25 m of the best (id 1): the gap to the last score is a lower bound
+    # b: two runner-ups (the third column is empty), both within 25 m of the best (id 1)
     assert b.lat == pytest.approx(utm.to_latlon(EAST[1], NORTH[1], 10, "S")[0])
-    assert not b.rival_in_top_k and b.confidence == pytest.approx(0.7 - 0.6) and b.agreeing == 3
-    assert len(b.matches) == 3 and b.matches[2].distance_to_best_m == pytest.approx(np.hypot(10, 20))
+    assert (b.runner_ups, b.agreeing, b.agreeing_city) == (2, 2, 2) and b.confidence == 1.0
+    assert len(b.matches) == 3 and b.matches[2].distance_to_prediction_m == pytest.approx(np.hypot(10, 20))
+
+
+def _two_cities():
+    """10 images in Lisbon and 10 in Porto (274 km apart), each city's images 2 m apart."""
+    lat = np.r_[38.7223 + np.arange(10) * 1.8e-5, 41.1579 + np.arange(10) * 1.8e-5]
+    lon = np.r_[np.full(10, -9.1393), np.full(10, -8.6291)]
+    return DatabaseCoordinates.from_latlon(lat, lon)
+
+
+def test_wrong_city_answer_ranks_below_right_ones():
+    """The issue's case: wrong-city answers with similarity gaps of 0.04 and 0.004 were mixed
+    among right answers; the right ones' best matches agree (or stand out), the wrong ones' do not."""
+    database = _two_cities()
+    porto, lisbon = np.arange(10, 20), np.arange(10)
+    ids = np.stack([np.r_[porto[0], lisbon[:9]],  # wrong: best match in Porto, the other nine in Lisbon
+                    np.r_[porto[1], lisbon[:5], porto[2:6]],  # wrong: alone at its place, half the city
+                    lisbon, porto[::-1],  # right: the ten best agree, scores close together
+                    np.r_[lisbon[:2], porto[:8]]])  # right: the best two agree and stand out
+    scores = np.stack([np.r_[0.80, np.linspace(0.76, 0.70, 9)], np.r_[0.700, np.linspace(0.696, 0.69, 9)],
+                       np.linspace(0.62, 0.60, 10), np.linspace(0.70, 0.69, 10), np.r_[0.9, 0.88, np.full(8, 0.7)]])
+    predictions = predict_positions(ids, scores, database, ["wrong_a", "wrong_b", "right_a", "right_b", "right_c"])
+    wrong, right = predictions[:2], predictions[2:]
+    assert wrong[0].lat > 41 and (wrong[0].agreeing, wrong[0].agreeing_city) == (0, 0)
+    assert max(p.confidence for p in wrong) < min(p.confidence for p in right)
+    assert (right[0].agreeing, right[0].agreeing_city, right[0].confidence) == (9, 9, 1.0)
+    far = database.distances_m(ids, ids[:, :1])[:, :5] > 25  # the old rival: within the top 5 shown
+    old_gap = scores[:, 0] - np.where(far.any(1), np.where(far, scores[:, :5], -np.inf).max(1), scores[:, 4])
+    assert old_gap[:2] == pytest.approx([0.04, 0.004]) and old_gap[0] > old_gap[2:4].max()  # what the gap said
+
+
+def test_l2_confidence_is_the_cosine_one_and_scale_free():
+    """Under the l2 metric (scores = minus Euclidean distances) the confidence sees cosine-scale
+    scores: the same answer as cosine for unit descriptors, unchanged when descriptors are scaled."""
+    database = _two_cities()
+    rng = np.random.default_rng(1)
+    db = rng.normal(size=(20, 16))
+    db /= np.linalg.norm(db, axis=1, keepdims=True)
+    queries = db[[0, 12, 5]] + 0.3 * rng.normal(size=(3, 16))
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    cos = queries @ db.T
+    ids = np.argsort(-cos, axis=1)
+    by_cosine = predict_positions(ids, np.take_along_axis(cos, ids, 1), database, list("abc"))
+    for scale in (1.0, 7.0):  # raw (unnormalized) descriptors of one overall scale
+        dist = np.linalg.norm(scale * queries[:, None] - scale * db[None], axis=2)
+        scores = -np.take_along_axis(dist, ids, 1)
+        conf = cosine_scale_scores(scores, np.linalg.norm(scale * queries, axis=1))
+        assert conf == pytest.approx(np.take_along_axis(cos, ids, 1))
+        by_l2 = predict_positions(ids, scores, database, list("abc"), confidence_scores=conf)
+        assert [p.confidence for p in by_l2] == pytest.approx([p.confidence for p in by_cosine])
+
+
+def test_confidence_does_not_change_with_top_k():
+    database = _two_cities()
+    rng = np.random.default_rng(0)
+    ids = np.stack([rng.permutation(20) for _ in range(6)])
+    scores = -np.sort(-rng.uniform(0.2, 0.9, (6, 20)), axis=1)
+    full = predict_positions(ids, scores, database, list("abcdef"))
+    for top_k in (1, 3, 10, 20):
+        shown = predict_positions(ids, scores, database, list("abcdef"), top_k=top_k)
+        for p, f in zip(shown, full):
+            assert (p.confidence, p.agreeing, p.agreeing_city, p.runner_ups) == (f.confidence, f.agreeing,
+                                                                                 f.agreeing_city, f.runner_ups)
+            assert p.matches == f.matches[:top_k]
+    assert all(p.runner_ups == 9 for p in full)  # the 10 best, not the 20 searched
+    with pytest.raises(ConfigError, match="top_k=0"):
+        predict_positions(ids, scores, database, list("abcdef"), top_k=0)
 
 
 def test_json_round_trip(tmp_path, predictions):
@@ -60,7 +130,8 @@ def test_json_round_trip(tmp_path, predictions):
     rows = prediction_rows(predictions)
     assert rows[0]["utm_zone"] == "10S" and rows[1]["best_match"] == "database/img_1.jpg"
     table = format_predictions_table(predictions)
-    assert "photo_a.jpg" in table and "0.100" in table and len(table.splitlines()) == 3
+    assert "photo_a.jpg" in table and f"{predictions[0].confidence:.2f}" in table and "2/3" in table
+    assert len(table.splitlines()) == 3
 
 
 def test_geojson_structure_and_lon_lat_order(tmp_path, predictions):
@@ -115,3 +186,32 @@ def test_bad_inputs(database):
         DatabaseCoordinates.from_utm(EAST, NORTH, [10] * 5, ["S"] * 5, PATHS[:3])
     with pytest.raises(DatasetError, match="UTM's range"):
         DatabaseCoordinates.from_latlon([89.0], [0.0])
+
+
+def test_accuracy_coverage_auc():
+    right = np.array([1, 1, 0, 0], dtype=bool)
+    coverage, accuracy = accuracy_coverage(np.array([0.9, 0.8, 0.2, 0.1]), right)
+    assert coverage.tolist() == [0.25, 0.5, 0.75, 1.0] and accuracy.tolist() == pytest.approx([1, 1, 2 / 3, 0.5])
+    assert accuracy_coverage_auc(np.array([0.9, 0.8, 0.2, 0.1]), right) == pytest.approx(100 * (1 + 1 + 2 / 3 + 0.5) / 4)
+    assert accuracy_coverage_auc(np.array([0.1, 0.2, 0.8, 0.9]), right) == pytest.approx(100 * (0 + 0 + 1 / 3 + 0.5) / 4)
+    # equal confidences rank at random: the accuracy at every coverage is the overall one
+    assert accuracy_coverage_auc(np.zeros(4), right) == pytest.approx(50.0)
+    assert accuracy_coverage_auc(np.zeros(4), right[::-1]) == pytest.approx(50.0)
+    with pytest.raises(ConfigError, match="one length"):
+        accuracy_coverage(np.zeros(3), right)
+
+
+def test_localize_help_documents_every_output_column(capsys):
+    from dataclasses import fields
+
+    from progeo.cli import build_parser
+    from progeo.eval.localize_core import Match, PhotoPrediction
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["localize", "--help"])
+    text = capsys.readouterr().out
+    epilog = text[text.index("output columns"):]
+    table_header = format_predictions_table(predict_positions(np.array([[0]]), np.array([[0.5]]), _two_cities(), ["a"]))
+    names = {f.name for f in fields(PhotoPrediction)} | {f.name for f in fields(Match)} | set(table_header.split()[:8])
+    missing = [n for n in sorted(names) if n not in epilog]  # the printed table's columns and the JSON fields
+    assert not missing, f"undocumented localize outputs: {missing}"

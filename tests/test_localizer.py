@@ -91,7 +91,7 @@ def test_new_photos_are_placed_within_25_m(index_dir, photos):
     assert [p.query for p in predictions] == [str(folder / f"photo_{i:02d}.jpg") for i in range(12)]
     assert np.mean(_errors_m(predictions, true_utms) <= 25.0) >= 0.75
     for p in predictions:
-        assert len(p.matches) == 5 and p.matches[0].distance_to_best_m == 0 and p.confidence >= 0
+        assert len(p.matches) == 5 and p.matches[0].distance_to_prediction_m == 0 and 0 <= p.confidence <= 1
         assert [m.rank for m in p.matches] == [1, 2, 3, 4, 5] and p.matches[0].path.endswith(".jpg")
         lat, lon = p.matches[0].lat, p.matches[0].lon
         assert (p.lat, p.lon) == (lat, lon) and -90 <= lat <= 90 and -180 <= lon <= 180
@@ -185,3 +185,43 @@ def test_coordinates_from_names():
     only_utm = format_vg_name(551000.0, 4180000.0)
     with pytest.raises(DatasetError, match="neither the UTM zone"):
         coordinates_from_names([f"db/{only_utm}"])
+
+
+def test_photo_order_and_grid_labels(index_dir, photos, tmp_path, monkeypatch):
+    """A folder's photos come in natural order (photo2 before photo10), files in the order given,
+    and the grid labels its rows with the file names in that order."""
+    import progeo.eval.visualize as visualize
+
+    folder, _ = photos
+    renamed = tmp_path / "mine"
+    renamed.mkdir()
+    for i in (1, 2, 10):
+        (renamed / f"photo{i}.jpg").write_bytes((folder / f"photo_{i:02d}.jpg").read_bytes())
+    localizer = Localizer.from_index(index_dir, model=PixelDescriptor())
+    predictions = localizer.localize(renamed, top_k=3)
+    assert [p.query for p in predictions] == [str(renamed / f"photo{i}.jpg") for i in (1, 2, 10)]
+    given = [str(renamed / "photo10.jpg"), str(renamed / "photo1.jpg")]
+    assert [p.query for p in localizer.localize(given, top_k=3)] == given
+    drawn = {}
+    real = visualize.save_localization_grid
+
+    def spy(path, photo_paths, labels, *args, **kwargs):
+        drawn.update(photos=list(photo_paths), labels=list(labels))
+        return real(path, photo_paths, labels, *args, **kwargs)
+
+    monkeypatch.setattr(visualize, "save_localization_grid", spy)
+    assert save_match_grid(predictions, tmp_path / "grid.png", top_k=3) == 3
+    assert drawn["labels"] == ["photo1.jpg", "photo2.jpg", "photo10.jpg"]
+    assert drawn["photos"] == [p.query for p in predictions]
+
+
+def test_confidence_and_agreement_do_not_change_with_top_k(index_dir, photos):
+    folder, _ = photos
+    localizer = Localizer.from_index(index_dir, model=PixelDescriptor())
+    runs = {k: localizer.localize(folder, top_k=k) for k in (1, 5, 20)}
+    for k, predictions in runs.items():
+        assert all(len(p.matches) == k for p in predictions)
+        for p, ref in zip(predictions, runs[20]):
+            assert (p.confidence, p.agreeing, p.agreeing_city, p.runner_ups) == (
+                ref.confidence, ref.agreeing, ref.agreeing_city, ref.runner_ups)
+            assert p.runner_ups == 9 and p.matches == ref.matches[:k]

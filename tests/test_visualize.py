@@ -73,3 +73,41 @@ def test_recall_curves_png(tmp_path):
     assert len(colours) > 3  # axes, two coloured curves, text: not a blank canvas
     with pytest.raises(ConfigError, match="no recall curve"):
         plot_recall_curves({}, out)
+
+
+def test_localization_grid_frames_by_distance_to_the_prediction(tmp_path, images):
+    """Match #1 is the prediction (grey, never "right"); the others are framed by their distance
+    to it: a match 300 km away is red, not green; rows are labelled by the given names in order."""
+    from PIL import ImageDraw, ImageFont
+
+    from progeo.eval.visualize import ORANGE, PREDICTED_GREY, QUERY_BLUE, _fit, save_localization_grid
+
+    paths, _ = images
+    labels = ["photo1.jpg", "photo2.jpg", "photo10.jpg"]
+    matches = [paths[2:6], paths[3:5], paths[1:3]]
+    distances = [[0.0, 10.0, 300_000.0, 5_000.0], [0.0, 400_000.0], [0.0, 25.0]]
+    out = tmp_path / "grid.png"
+    assert save_localization_grid(out, paths[:3], labels, matches, distances, [0.9, 0.1, 0.5], tile_size=TILE) == 3
+    grid = Image.open(out).convert("RGB")
+    cell_w, cell_h = TILE[0] + 8, TILE[1] + 8 + 18
+    column = [grid.getpixel((7, y)) for y in range(grid.height)]
+    tops = [y for y in range(1, grid.height - 20)  # the photos' blue frames (the legend swatches are smaller)
+            if column[y - 1] != QUERY_BLUE and all(c == QUERY_BLUE for c in column[y : y + 20])]
+    assert len(tops) == 3 and tops[0] > 6  # a legend above the first row
+
+    def frame(row, col):
+        return grid.getpixel((6 + col * (cell_w + 6) + 1, tops[row] + 1))
+
+    assert [frame(0, c) for c in range(1, 5)] == [PREDICTED_GREY, GREEN, RED, ORANGE]
+    assert [frame(1, c) for c in (1, 2)] == [PREDICTED_GREY, RED] and frame(2, 2) == GREEN
+    legend = {grid.getpixel((x, y)) for x in range(grid.width) for y in range(tops[0] - 6)}
+    assert {QUERY_BLUE, PREDICTED_GREY, GREEN, ORANGE, RED} <= legend
+    font = ImageFont.load_default()
+    for row, label in enumerate(labels):  # the caption under the photo is its label, drawn in order
+        caption_top = tops[row] + TILE[1] + 8
+        expected = Image.new("RGB", (cell_w, 18), (255, 255, 255))
+        draw = ImageDraw.Draw(expected)
+        draw.text((2, 3), _fit(draw, label, font, cell_w - 4), fill=(0, 0, 0), font=font)
+        assert grid.crop((6, caption_top, 6 + cell_w, caption_top + 18)).tobytes() == expected.tobytes()
+    with pytest.raises(ConfigError, match="one entry per photo"):
+        save_localization_grid(out, paths[:3], labels[:2], matches, distances, [0.9, 0.1, 0.5])

@@ -46,6 +46,30 @@ def _metric(p: argparse.ArgumentParser, what: str) -> None:
                         "ViT (CLIP-embedding) heads without normalization, cosine for GeM and normalized heads")
 
 
+LOCALIZE_COLUMNS = """\
+output columns (printed table; the same fields in --json and --geojson):
+  query          the photo's path as given
+  lat, lon       predicted position, WGS84 degrees: the position of the best match
+  UTM            the same as UTM east, north (metres) and zone (JSON: utm_east, utm_north,
+                 utm_zone_number, utm_zone_letter)
+  score          similarity of the photo to its best match, higher is better: cosine
+                 similarity, or minus the Euclidean distance for the l2 metric
+  confidence     0..1: a vote of the 10 best matches (always 10, whatever --top-k, so its
+                 meaning does not change with it), each weighted by exp((score - best score)
+                 / 0.05): the mean of the weight shares within 25 m and within 25 km of the
+                 predicted position. ~0.1: ten equally good matches in ten places; near 1:
+                 they agree, or the best stands out. Ranks right answers above wrong ones
+                 better than the similarity gap it replaced (README, bench_confidence.py)
+  agreeing       of the runner-up matches (ranks 2-10), how many lie within 25 m of the
+                 predicted position (the same place), shown as agreeing/runner_ups
+  agreeing_city  of the runner-ups, how many lie within 25 km of it (the same city)
+  runner_ups     (JSON) number of runner-ups: 9, fewer if the index has under 10 images
+  matches        (JSON, GeoJSON kind "match") the --top-k best database images: rank, score,
+                 database_index, lat, lon, path, distance_to_prediction_m (metres from the
+                 predicted position)
+"""
+
+
 def register(subparsers) -> None:
     from progeo.eval.search import INDEX_KINDS
 
@@ -106,19 +130,25 @@ def register(subparsers) -> None:
     b.set_defaults(func=_index_build)
 
     p = subparsers.add_parser(
-        "localize", help="predict where photos were taken from an index",
-        description="For each photo: the position of its best match (lat/lon and UTM), a confidence (the score "
-                    "gap to the best match of another place) and the top-k matches with their distances to the best. "
-                    "Scores are higher-is-better: cosine similarities, or minus the Euclidean distance between "
-                    "descriptors for the l2 metric (the index's, see --metric).")
+        "localize", help="predict where photos were taken from an index", epilog=LOCALIZE_COLUMNS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="For each photo (in the order given; a folder's images in natural order: photo2 before "
+                    "photo10): the position of its best match (lat/lon and UTM), a confidence from how well "
+                    "its 10 best matches agree with that position, and the top-k matches with their distances "
+                    "to the predicted position.")
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="image files or folders of images")
     p.add_argument("--index", required=True, metavar="INDEX_DIR", help="a folder written by `progeo index build`")
-    p.add_argument("--top-k", type=int, default=5, help="matches per photo (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=5,
+                   help="matches shown per photo (default: %(default)s); the confidence always uses the 10 best")
     _metric(p, "the index's; another one re-indexes its saved descriptors in memory")
-    p.add_argument("--json", metavar="FILE", help="write the predictions as JSON")
-    p.add_argument("--geojson", metavar="FILE", help="write predictions and matches as GeoJSON")
-    p.add_argument("--map", metavar="FILE.html", help="write an interactive map (folium)")
-    p.add_argument("--grid", metavar="FILE.jpg", help="write each photo with its matches")
+    p.add_argument("--json", metavar="FILE", help="write the predictions (the fields below, with matches) as JSON")
+    p.add_argument("--geojson", metavar="FILE", help="write predictions and matches as GeoJSON points")
+    p.add_argument("--map", metavar="FILE.html",
+                   help="write an interactive map (folium): photo markers red / orange / green for a confidence "
+                        "below 0.3 / below 0.6 / above; matches coloured as in the grid")
+    p.add_argument("--grid", metavar="FILE.jpg",
+                   help="write each photo (labelled by its file name) with its matches: #1 is the predicted position, "
+                        "the others framed green within 25 m of it, orange within 25 km, red farther (legend inside)")
     _decoding(p, batch_size=32)
     p.set_defaults(func=_localize)
 

@@ -1,25 +1,23 @@
-"""Where was a photo taken: position and confidence from its top-k retrieved database images.
+"""Where was a photo taken: position and confidence from its best retrieved database images.
 
 Model-independent: input is the search result (ids and scores, best first) and the
 coordinates of the database images; a ``Localizer`` tying a model and an index together only
 has to call :func:`predict_positions`.
 
-Position
-    the best match's position (lat/lon and UTM): retrieval localizes by the nearest database
-    image, as in the recall@1 protocol.
-
-Scores (higher is better)
-    the search metric's (:mod:`progeo.eval.search`): cosine similarity, or minus the Euclidean
-    distance between descriptors for the l2 metric.
-
-Confidence (the scores' units, >= 0: a cosine-similarity gap, or how much farther the rival is)
-    ``score(best) - score(best rival)``, where the best rival is the highest-scoring match
-    farther than ``positive_dist`` (25 m) from the best match, i.e. the strongest evidence for
-    *another* place. If all top-k matches agree (lie within ``positive_dist`` of the best), the
-    rival is unknown but scores at most the k-th score, so ``score(best) - score(k-th)`` is
-    used: a lower bound, with ``rival_in_top_k = False``. A small gap means two places look
-    alike to the model; ``agreeing`` counts the top-k matches within ``positive_dist`` of the
-    best (itself included) as a second, vote-like signal.
+Outputs per photo (the columns of ``progeo localize``, the fields of its JSON and GeoJSON)
+    query          the photo: its path as given (folders expanded in natural order)
+    lat, lon       predicted position (WGS84 degrees): the best match's position, as in the
+                   recall@1 protocol; utm_east, utm_north, utm_zone: the same in UTM
+    score          similarity to the best match, higher is better: cosine similarity, or minus
+                   the Euclidean distance for the l2 metric (:mod:`progeo.eval.search`)
+    confidence     0..1, a similarity-weighted vote of the 10 best matches (always 10, whatever
+                   ``top_k``) for the predicted place and city: :mod:`progeo.eval.confidence`
+    agreeing       of the runner-up matches (ranks 2-10), how many lie within
+                   ``positive_dist`` (25 m) of the predicted position: the same place
+    agreeing_city  of the runner-ups, how many lie within 25 km of it: the same city
+    runner_ups     how many runner-ups there were (9 unless the database is smaller)
+    matches        the ``top_k`` best database images: rank (1 = best), database_index, score,
+                   lat, lon, distance_to_prediction_m (metres from the predicted position) and path
 
 Distances between two images use UTM (Euclidean) when they share a zone and hemisphere, the
 great-circle distance otherwise.
@@ -35,6 +33,7 @@ import numpy as np
 import utm
 
 from progeo.errors import ConfigError, DatasetError
+from progeo.eval.confidence import CITY_DIST_M, CONFIDENCE_DEPTH, agreement, soft_confidence
 from progeo.eval.recall import POSITIVE_DIST_M
 from progeo.geo.metrics import haversine_km
 from progeo.io import atomic_path, write_json_atomic
@@ -131,7 +130,7 @@ class Match:
     score: float
     lat: float
     lon: float
-    distance_to_best_m: float
+    distance_to_prediction_m: float
     path: str | None
 
 
@@ -146,12 +145,21 @@ class PhotoPrediction:
     utm_zone_letter: str
     score: float
     confidence: float
-    rival_in_top_k: bool
     agreeing: int
+    agreeing_city: int
+    runner_ups: int
     matches: tuple[Match, ...]
 
     def as_dict(self) -> dict:
         return asdict(self) | {"matches": [asdict(m) for m in self.matches]}
+
+
+def cosine_scale_scores(scores: np.ndarray, query_norms: np.ndarray) -> np.ndarray:
+    """l2-metric scores (minus Euclidean distances) mapped onto a cosine-like scale,
+    ``1 - d^2 / (2 |q|^2)``: exactly the cosine similarity for unit descriptors, and invariant to
+    the overall scale of raw ones, so one confidence temperature serves both metrics."""
+    scores, norms = np.asarray(scores, dtype=np.float64), np.asarray(query_norms, dtype=np.float64)
+    return 1.0 - scores**2 / (2.0 * np.maximum(norms, 1e-12)[:, None] ** 2)
 
 
 def predict_positions(
@@ -160,36 +168,46 @@ def predict_positions(
     database: DatabaseCoordinates,
     query_names: Sequence[str],
     positive_dist: float = POSITIVE_DIST_M,
+    top_k: int | None = None,
+    confidence_scores: np.ndarray | None = None,
 ) -> list[PhotoPrediction]:
-    """One :class:`PhotoPrediction` per query from its Q x K search result (best first)."""
+    """One :class:`PhotoPrediction` per query from its Q x K search result (best first).
+
+    ``confidence_scores`` (Q x K, default ``scores``): the scores on the cosine scale that the
+    confidence's temperature is set in (see :func:`cosine_scale_scores` for the l2 metric).
+
+    The confidence looks at the first ``CONFIDENCE_DEPTH`` (10) columns, so search that many
+    (or more) whatever ``top_k``; each prediction keeps the first ``top_k`` matches (all: None).
+    """
     ids, scores = np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float64)
     if ids.ndim != 2 or ids.shape != scores.shape or len(ids) != len(query_names):
         raise ConfigError(f"ids {ids.shape} and scores {scores.shape} must both be {len(query_names)} queries x K")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"top_k={top_k} must be at least 1")
     if ids.size and ids.max() >= len(database):
         raise DatasetError(f"match id {ids.max()} is outside the database of {len(database)} images: index and database differ")
     if len(ids) and np.any(ids[:, 0] < 0):
         raise DatasetError("a photo got no match at all: the index is empty")
     valid = ids >= 0
     safe = np.where(valid, ids, ids[:, :1])
-    to_best = database.distances_m(safe, safe[:, :1])
-    rival = valid & (to_best > positive_dist)
-    rival_in_top_k = rival.any(axis=1)
-    kth = np.where(valid, scores, np.inf).min(axis=1)
-    rival_score = np.where(rival_in_top_k, np.where(rival, scores, -np.inf).max(axis=1), kth)
-    confidence = scores[:, 0] - rival_score
-    agreeing = (valid & ~rival).sum(axis=1)
+    to_prediction = database.distances_m(safe, safe[:, :1])
+    runner_ups, agreeing, agreeing_city = agreement(to_prediction, valid, positive_dist, CONFIDENCE_DEPTH)
+    conf_scores = scores if confidence_scores is None else np.asarray(confidence_scores, dtype=np.float64)
+    confidence = soft_confidence(conf_scores, to_prediction, valid, positive_dist, CONFIDENCE_DEPTH)
+    shown = ids.shape[1] if top_k is None else top_k
     predictions = []
     for q, name in enumerate(query_names):  # assembling output records; the maths is above
         best = int(ids[q, 0])
         matches = tuple(
             Match(rank + 1, int(i), float(scores[q, rank]), float(database.lat[i]), float(database.lon[i]),
-                  float(to_best[q, rank]), None if database.paths is None else str(database.paths[i]))
-            for rank, i in enumerate(ids[q]) if i >= 0
+                  float(to_prediction[q, rank]), None if database.paths is None else str(database.paths[i]))
+            for rank, i in enumerate(ids[q, :shown]) if i >= 0
         )
         predictions.append(PhotoPrediction(
             str(name), float(database.lat[best]), float(database.lon[best]), float(database.east[best]),
             float(database.north[best]), int(database.zone_number[best]), str(database.zone_letter[best]),
-            float(scores[q, 0]), float(confidence[q]), bool(rival_in_top_k[q]), int(agreeing[q]), matches,
+            float(scores[q, 0]), float(confidence[q]), int(agreeing[q]), int(agreeing_city[q]), int(runner_ups[q]),
+            matches,
         ))
     return predictions
 
@@ -199,15 +217,18 @@ def prediction_rows(predictions: Sequence[PhotoPrediction]) -> list[dict]:
     return [
         {"query": p.query, "lat": p.lat, "lon": p.lon, "utm_east": p.utm_east, "utm_north": p.utm_north,
          "utm_zone": f"{p.utm_zone_number}{p.utm_zone_letter}", "score": p.score, "confidence": p.confidence,
-         "agreeing": p.agreeing, "best_match": p.matches[0].path if p.matches else None}
+         "agreeing": p.agreeing, "agreeing_city": p.agreeing_city, "runner_ups": p.runner_ups,
+         "best_match": p.matches[0].path if p.matches else None}
         for p in predictions
     ]
 
 
 def format_predictions_table(predictions: Sequence[PhotoPrediction]) -> str:
-    header = ["query", "lat", "lon", "UTM", "score", "confidence", "agreeing"]
+    """The table ``progeo localize`` prints (columns: the module docstring)."""
+    header = ["query", "lat", "lon", "UTM", "score", "confidence", "agreeing", "agreeing_city"]
     body = [[r["query"], f"{r['lat']:.6f}", f"{r['lon']:.6f}", f"{r['utm_east']:.1f} {r['utm_north']:.1f} {r['utm_zone']}",
-             f"{r['score']:.3f}", f"{r['confidence']:.3f}", str(r["agreeing"])] for r in prediction_rows(predictions)]
+             f"{r['score']:.3f}", f"{r['confidence']:.2f}", f"{r['agreeing']}/{r['runner_ups']}",
+             f"{r['agreeing_city']}/{r['runner_ups']}"] for r in prediction_rows(predictions)]
     widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))) for line in [header] + body)
 
@@ -252,12 +273,13 @@ def write_map(
     predictions: Sequence[PhotoPrediction],
     path: str | os.PathLike,
     include_matches: bool = True,
-    confidence_levels: tuple[float, float] = (0.02, 0.05),
+    confidence_levels: tuple[float, float] = (0.3, 0.6),
     positive_dist: float = POSITIVE_DIST_M,
 ) -> None:
     """An interactive folium (Leaflet) HTML map: a marker per photo, red/orange/green for a
     confidence below ``confidence_levels[0]`` / between / above ``confidence_levels[1]``, and
-    small circles for its matches (green within ``positive_dist`` of the prediction, grey otherwise)."""
+    small circles for its other matches, coloured as in the grid: green within ``positive_dist``
+    of the prediction, orange within 25 km, red farther."""
     import folium
 
     if not predictions:
@@ -270,8 +292,9 @@ def write_map(
         folium.Marker([p.lat, p.lon], popup=folium.Popup(popup, max_width=400), tooltip=p.query, icon=folium.Icon(color=color)).add_to(fmap)
         if include_matches:
             for m in p.matches[1:]:
-                near = m.distance_to_best_m <= positive_dist
-                folium.CircleMarker([m.lat, m.lon], radius=4, color="green" if near else "gray", fill=True,
-                                    tooltip=f"{p.query} #{m.rank}: {m.score:.3f}, {m.distance_to_best_m:.0f} m").add_to(fmap)
+                d = m.distance_to_prediction_m
+                color = "green" if d <= positive_dist else "orange" if d <= CITY_DIST_M else "red"
+                folium.CircleMarker([m.lat, m.lon], radius=4, color=color, fill=True,
+                                    tooltip=f"{p.query} #{m.rank}: {m.score:.3f}, {d:.0f} m from the prediction").add_to(fmap)
     with atomic_path(path) as tmp:
         fmap.save(os.fspath(tmp))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,8 +37,10 @@ from typing import Sequence
 import numpy as np
 
 from progeo.errors import ConfigError, DatasetError
+from progeo.eval.confidence import CONFIDENCE_DEPTH
 from progeo.eval.descriptors import describe_files
-from progeo.eval.localize_core import DatabaseCoordinates, PhotoPrediction, predict_positions, utm_zones
+from progeo.eval.localize_core import (DatabaseCoordinates, PhotoPrediction, cosine_scale_scores, predict_positions,
+                                      utm_zones)
 from progeo.eval.recall import POSITIVE_DIST_M
 from progeo.eval.search import IndexConfig
 from progeo.io import atomic_path, write_json_atomic
@@ -144,8 +147,16 @@ def build_index_folder(model, database: str | os.PathLike, out: str | os.PathLik
     return IndexFolderSummary(out, int(len(rows)), described.skipped_paths, seconds, index.search_metric)
 
 
+def natural_key(path: str) -> list:
+    """Sort key putting photo2 before photo10: digit runs compare as numbers, the rest as text
+    (case-insensitive, then as written)."""
+    return [(0, int(part), part) if part.isdigit() else (1, part.lower(), part)
+            for part in re.split(r"(\d+)", path) if part]
+
+
 def expand_photo_paths(items: Sequence[str | os.PathLike] | str | os.PathLike) -> list[str]:
-    """Files as given, folders as their images (recursive, sorted); a missing path is an error."""
+    """Files in the order given, a folder as its images (recursive) in natural order (photo2
+    before photo10); a missing path is an error."""
     from progeo.data.image_lists import walk_images
 
     items = [items] if isinstance(items, (str, os.PathLike)) else list(items)
@@ -155,7 +166,7 @@ def expand_photo_paths(items: Sequence[str | os.PathLike] | str | os.PathLike) -
             found = list(walk_images(item))
             if not found:
                 raise DatasetError(f"no image (.jpg, .jpeg, .png) in the folder {item}")
-            paths.extend(found)
+            paths.extend(sorted(found, key=natural_key))
         elif os.path.exists(item):
             paths.append(os.fspath(item))
         else:
@@ -255,8 +266,13 @@ class Localizer:
             raise ConfigError(f"top_k={top_k} must be at least 1")
         if not len(names):
             return []
-        scores, ids = search(self.index, descriptors, min(top_k, int(self.index.ntotal)), metric=self.metric)
-        return predict_positions(ids, scores, self.coordinates, names, self.positive_dist)
+        depth = min(max(top_k, CONFIDENCE_DEPTH), int(self.index.ntotal))  # the confidence always sees 10
+        scores, ids = search(self.index, descriptors, depth, metric=self.metric)
+        conf_scores = None
+        if self.metric == "l2":  # the confidence's temperature is in cosine units
+            conf_scores = cosine_scale_scores(scores, np.linalg.norm(np.asarray(descriptors, dtype=np.float64), axis=1))
+        return predict_positions(ids, scores, self.coordinates, names, self.positive_dist, top_k=top_k,
+                                 confidence_scores=conf_scores)
 
 
 def _as_uint8_batch(images, image_size: tuple[int, int]):
@@ -285,18 +301,15 @@ def _as_uint8_batch(images, image_size: tuple[int, int]):
 
 def save_match_grid(predictions: Sequence[PhotoPrediction], path: str | os.PathLike, top_k: int = 5,
                     positive_dist: float = POSITIVE_DIST_M, max_rows: int = 50) -> int:
-    """Draw each photo with its top-k matches (green: within ``positive_dist`` of the best
-    match, red: another place) to ``path``; returns the number of rows drawn."""
-    from progeo.eval.visualize import save_prediction_grid
+    """Draw each photo, labelled by its file name, with its top-k matches framed by their distance
+    to the predicted position (legend in the picture; :func:`progeo.eval.visualize.save_localization_grid`),
+    rows in the order of ``predictions``; returns the number of rows drawn."""
+    from progeo.eval.visualize import save_localization_grid
 
     if not predictions:
         raise ConfigError(f"no prediction to draw in {path}: localize at least one photo")
-    k = max(len(p.matches) for p in predictions)
-    ids, dist = np.full((len(predictions), k), -1, dtype=np.int64), np.full((len(predictions), k), np.inf)
-    match_paths: dict[str, int] = {}
-    for q, p in enumerate(predictions):
-        for m in p.matches:
-            ids[q, m.rank - 1] = match_paths.setdefault(m.path or "", len(match_paths))
-            dist[q, m.rank - 1] = m.distance_to_best_m
-    return save_prediction_grid(path, [p.query for p in predictions], list(match_paths), ids, dist,
-                                positive_dist=positive_dist, k=top_k, max_rows=max_rows)
+    return save_localization_grid(
+        path, [p.query for p in predictions], [os.path.basename(p.query) for p in predictions],
+        [[m.path or "" for m in p.matches[:top_k]] for p in predictions],
+        [[m.distance_to_prediction_m for m in p.matches[:top_k]] for p in predictions],
+        [p.confidence for p in predictions], positive_dist=positive_dist, max_rows=max_rows)
