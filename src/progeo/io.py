@@ -22,12 +22,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     The temporary file lives in the same folder, so the final ``os.replace`` is atomic on
     POSIX file systems. On an exception the temporary file is removed and ``path`` is untouched.
+    Whatever wrote the temporary file, ``path`` ends with the mode of a new file (``0o666 & ~umask``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = new_temp_file(path)
+    mode = os.stat(tmp_path).st_mode & 0o777  # 0o666 & ~umask, as created
     try:
         yield tmp_path
+        if os.stat(tmp_path).st_mode & 0o777 != mode:  # some writers (safetensors) make their file 0600
+            os.chmod(tmp_path, mode)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from progeo.errors import FolderInUseError
+from progeo.errors import ConfigError, FolderInUseError
 
 try:
     import fcntl
@@ -74,6 +74,8 @@ def folder_lock(folder: str | os.PathLike, *, flag: str = "--out", create: bool 
     when missing; otherwise a missing folder is not locked (the caller reports it).
     """
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{flag} {folder} is a file; give a folder (or a new name) for the output")
     if not folder.is_dir():
         if not create:
             yield folder
