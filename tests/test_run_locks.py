@@ -184,6 +184,12 @@ def test_nothing_of_an_old_run_is_deleted_without_overwrite_and_only_once_the_ne
     assert main(_stage1_args(tiny_world, tmp_path, logs_only, epochs=2)) == 2
     assert "already holds a stage-1 run (config.json, epochs.csv)" in capsys.readouterr().err
     assert len(_epochs(logs_only)) == 4
+    # the empty TensorBoard file of a run that failed before it started is no run: replaced without --overwrite
+    failed = tmp_path / "failed_start" / "tensorboard" / "events.out.tfevents.1.host.1.0"
+    failed.parent.mkdir(parents=True)
+    failed.write_bytes(b"")
+    assert main(_stage1_args(tiny_world, tmp_path, failed.parents[1], epochs=2)) == 0
+    assert not failed.exists() and _epochs(failed.parents[1]) == ["0", "1"]
     # --overwrite while another process holds the folder: refused, the old run intact
     p = holder(run)
     _refused(capsys, _stage1_args(tiny_world, tmp_path, run, epochs=2) + ["--overwrite"], run, p.pid)

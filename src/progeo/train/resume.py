@@ -192,7 +192,8 @@ def prepare_out_dir(cfg, kind: str, *, outputs: tuple[str, ...] = (), tables: tu
         return RunStart(folder, replaced=_old_run_files(folder, (), tables))
     folder = Path(cfg.out_dir)
     old = _old_run_files(folder, outputs, tables)
-    if old and not cfg.overwrite:
+    # TensorBoard events alone are the empty file of a run that failed before it started (no config.json)
+    if any(p.parent.name != "tensorboard" for p in old) and not cfg.overwrite:
         try:
             found = run_kind(json.loads((folder / "config.json").read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError, AttributeError):
@@ -202,7 +203,7 @@ def prepare_out_dir(cfg, kind: str, *, outputs: tuple[str, ...] = (), tables: tu
         listed = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
         raise ConfigError(f"--out-dir {folder} already holds {what} ({listed}); continue it with "
                           f"--resume {folder}, replace it with --overwrite, or choose another --out-dir")
-    if old:
+    if cfg.overwrite and old:
         log.info("--overwrite: the old run's files in %s are deleted once this run has started", folder)
     return RunStart(folder, replaced=old)
 
