@@ -76,7 +76,8 @@ def folder_lock(folder: str | os.PathLike, *, flag: str = "--out", create: bool 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{flag} {folder} is a file; give a folder (or a new name) for the output")
-    if not folder.is_dir():
+    created = not folder.is_dir()
+    if created:
         if not create:
             yield folder
             return
@@ -99,6 +100,9 @@ def folder_lock(folder: str | os.PathLike, *, flag: str = "--out", create: bool 
     finally:
         del _held[key]
         _release(folder / LOCK_NAME, fd)
+        if created:  # a command that failed before writing anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def _acquire(folder: Path, flag: str) -> int | None:
