@@ -62,7 +62,8 @@ def _describe(holder: dict) -> str:
     host = holder.get("host")
     where = f" on {host}" if host and host != socket.gethostname() else ""
     since = f", since {holder['since']}" if holder.get("since") else ""
-    command = f": {holder['command']}" if holder.get("command") else ""
+    text = str(holder.get("command") or "")
+    command = f": {text[:80]}{'...' if len(text) > 80 else ''}" if text else ""
     return f"another progeo process (PID {holder['pid']}{where}{since}{command})"
 
 
@@ -130,7 +131,7 @@ def _acquire(folder: Path, flag: str) -> int | None:
         os.close(fd)
     argv = ["progeo", *sys.argv[1:]] if sys.argv and "progeo" in sys.argv[0] else sys.argv
     info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "command": " ".join(argv)[:300]}
+            "command": " ".join(argv)}
     os.ftruncate(fd, 0)
     os.write(fd, (json.dumps(info) + "\n").encode("utf-8"))
     return fd
