@@ -172,7 +172,10 @@ def _format_table(recalls: dict) -> str:
 def run_demo(cfg: DemoConfig) -> DemoResult:
     from progeo.train.loop import cpu_threads
 
-    with cpu_threads(cfg.budget.threads if str(cfg.device) in ("auto", "cpu") else None):
+    from progeo.locks import folder_lock
+
+    with cpu_threads(cfg.budget.threads if str(cfg.device) in ("auto", "cpu") else None), \
+            folder_lock(cfg.out_dir, flag="--out"):  # one demo per folder
         return _run_demo(cfg)
 
 

@@ -23,3 +23,7 @@ class CheckpointError(ProgeoError):
 
 class ConfigError(ProgeoError):
     """An option or configuration file has an invalid value."""
+
+
+class FolderInUseError(ProgeoError):
+    """An output folder is locked by another running progeo process (see :mod:`progeo.locks`)."""

@@ -103,7 +103,9 @@ def register(subparsers) -> None:
                    help="keep float16 descriptors with their paths in DIR/<dataset>/<database|query folder>/ "
                         "(this run's recalls are not affected; evaluating the saved copy later may differ by "
                         "float16 rounding)")
-    p.add_argument("--out", default="progeo_eval", metavar="DIR", help="results folder (default: %(default)s)")
+    p.add_argument("--out", default="progeo_eval", metavar="DIR",
+                   help="results folder; results.json gathers the evaluations written there, one entry per model, "
+                        "test set and query folder (default: %(default)s)")
     p.add_argument("--grids", type=int, default=0, metavar="N", help="draw N queries with their top-5 per query folder")
     p.add_argument("--only-wrong", action="store_true", help="grids: only queries whose top-1 is wrong")
     p.add_argument("--plot", action="store_true", help="plot recall@N per query folder to OUT/recalls.png")
@@ -122,6 +124,8 @@ def register(subparsers) -> None:
     _weights(b)
     b.add_argument("--database", required=True, metavar="DIR", help="folder of geo-tagged images")
     b.add_argument("--out", required=True, metavar="INDEX_DIR", help="index folder to write")
+    b.add_argument("--overwrite", action="store_true",
+                   help="replace the index already in INDEX_DIR (without it, an existing index is left alone)")
     b.add_argument("--index", choices=INDEX_KINDS, default="flat",
                    help="faiss index kind (default: flat; ivfpq for millions of images)")
     _metric(b, "the model's; saved with the index")
@@ -188,6 +192,19 @@ def _size(args):
 
 
 def _eval(args: argparse.Namespace) -> int:
+    """The evaluation, holding the locks of --out and --save-descriptors (one writer per folder)."""
+    import contextlib
+
+    from progeo.locks import folder_lock
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(folder_lock(args.out, flag="--out"))
+        if args.save_descriptors:
+            stack.enter_context(folder_lock(args.save_descriptors, flag="--save-descriptors"))
+        return _run_eval(args)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from progeo.errors import ConfigError
@@ -254,7 +271,7 @@ def _index_build(args: argparse.Namespace) -> int:
                            model_ref=args.model, batch_size=args.batch_size, device=device,
                            num_workers=_workers(args, device),
                            on_bad_image=args.on_bad_image, image_size=_size(args), resize_mode=args.resize_mode,
-                           progress=args.progress)
+                           progress=args.progress, overwrite=args.overwrite)
     rate = s.count / max(s.seconds["describe"], 1e-9)
     print(f"indexed {s.count:,d} images ({args.index}, {s.metric} metric) in "
           f"{s.seconds['describe'] + s.seconds['index']:.1f} s ({rate:.0f} images/s described) -> {s.path}")

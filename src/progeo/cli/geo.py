@@ -121,6 +121,15 @@ def _shared(args) -> dict:
                 on_bad_image=args.on_bad_image, cache_dir=args.cache_dir, progress=args.progress)
 
 
+def _locked(out: str | None):
+    """The lock of the --out folder for the whole run (one writer per folder), if there is one."""
+    import contextlib
+
+    from progeo.locks import folder_lock
+
+    return folder_lock(out, flag="--out") if out else contextlib.nullcontext()
+
+
 def _print_run(run, out: str | None) -> None:
     from progeo.geo.report import confusion_text, metrics_table
 
@@ -151,7 +160,9 @@ def _zeroshot(args: argparse.Namespace) -> int:
                          country_mode=args.country_mode, country_reduce=args.country_reduce, templates=args.templates,
                          top_k=args.top_k, out_dir=args.out, predictions_format=args.predictions_format,
                          text_cache=args.text_cache, **_shared(args))
-    _print_run(run_zeroshot(cfg), args.out)
+    with _locked(args.out):
+        run = run_zeroshot(cfg)
+    _print_run(run, args.out)
     return 0
 
 
@@ -165,7 +176,8 @@ def _probe_fit(args: argparse.Namespace) -> int:
                          grid=tuple(args.grid) if args.grid else REG_GRID, widen=max(args.widen, 0),
                          max_iter=args.max_iter, seed=args.seed,
                          **_shared(args))
-    probe = run_probe_fit(cfg)
+    with _locked(args.out):
+        probe = run_probe_fit(cfg)
     print("l2        val top-1 %")
     for l2, acc in sorted(probe.val_accuracy.items()):
         print(f"{l2:<8g}  {100 * acc:9.2f}{'  <- chosen' if l2 == probe.l2 else ''}")
@@ -180,5 +192,7 @@ def _probe_eval(args: argparse.Namespace) -> int:
     cfg = ProbeEvalConfig(probe=args.probe, images=args.images, images_dir=args.images_dir, model=args.model,
                           weights=args.weights, places=args.places, top_k=args.top_k, out_dir=args.out,
                           predictions_format=args.predictions_format, **_shared(args))
-    _print_run(run_probe_eval(cfg), args.out)
+    with _locked(args.out):
+        run = run_probe_eval(cfg)
+    _print_run(run, args.out)
     return 0

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -26,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from progeo.errors import ConfigError, DatasetError
-from progeo.io import atomic_path, write_json_atomic, write_text_atomic
+from progeo.io import atomic_path, new_temp_file, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +78,7 @@ class DescriptorsWriter:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.dim, self.meta, self.count = dim, meta, 0
-        fd, tmp = tempfile.mkstemp(prefix=f".{DESCRIPTORS_FILE}.", suffix=".tmp", dir=self.folder)
-        os.close(fd)
-        self._tmp: Path | None = Path(tmp)
+        self._tmp: Path | None = new_temp_file(self.folder / DESCRIPTORS_FILE)
         self._array = np.lib.format.open_memmap(self._tmp, mode="w+", dtype=np.float16, shape=(capacity, dim))
         self._paths: list[str] = []
         self._utms: list[np.ndarray] = []

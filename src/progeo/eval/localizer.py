@@ -96,24 +96,41 @@ class IndexFolderSummary:
 def build_index_folder(model, database: str | os.PathLike, out: str | os.PathLike, *, index: IndexConfig = IndexConfig(),
                        model_ref: str = "", batch_size: int = 64, device: str = "cpu", num_workers: int = 0,
                        on_bad_image: str = "fail", image_size=None, resize_mode: str = "resize", amp: bool = True,
-                       progress: bool = True) -> IndexFolderSummary:
+                       progress: bool = True, overwrite: bool = False) -> IndexFolderSummary:
     """Describe every image of the ``database`` folder and write an index folder to ``out``
-    (``index.metric`` unset: the model's metric)."""
+    (``index.metric`` unset: the model's metric).
+
+    ``out`` is locked while it is written (:mod:`progeo.locks`: a second writer is refused); an
+    index already there is replaced only with ``overwrite``, once the database's names are read."""
+    from progeo.locks import folder_lock
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file: give a folder for the index")
+    with folder_lock(out, flag="--out"):
+        old = [n for n in (INFO_FILE, INDEX_FILE, DESCRIPTORS_DIR, COORDINATES_FILE) if (out / n).exists()]
+        if old and not overwrite:
+            raise ConfigError(f"--out {out} already holds an index ({', '.join(old)}); pass --overwrite "
+                              "(overwrite=True) to replace it, or choose another --out")
+        return _build_index_folder(model, database, out, index=index, model_ref=model_ref, batch_size=batch_size,
+                                   device=device, num_workers=num_workers, on_bad_image=on_bad_image,
+                                   image_size=image_size, resize_mode=resize_mode, amp=amp, progress=progress)
+
+
+def _build_index_folder(model, database, out: Path, *, index: IndexConfig, model_ref: str, batch_size: int,
+                        device: str, num_workers: int, on_bad_image: str, image_size, resize_mode: str, amp: bool,
+                        progress: bool) -> IndexFolderSummary:
     from progeo.data.image_lists import read_image_list
     from progeo.eval.descriptors_io import DescriptorsMeta
     from progeo.eval.evaluate import build_database_index, model_metric
     from progeo.eval.search import save_index
     from progeo.models.geolocalizer import GeoLocalizer
 
-    out = Path(out)
     index = index.with_default_metric(model_metric(model))
     images = read_image_list(Path(database).resolve(), what="database folder")
     coords = coordinates_from_names(images)  # fails on a bad name before any image is decoded
     size = tuple(image_size or model.image_size)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file: give a folder for the index")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / INFO_FILE).unlink(missing_ok=True)
+    (out / INFO_FILE).unlink(missing_ok=True)  # the old index (with --overwrite) is incomplete from here on
     meta = DescriptorsMeta(model=model_ref, image_size=size, dataset=str(images.root), split="database",
                            metric=index.search_metric)
     described = describe_files(model, images, batch_size=batch_size, device=device, num_workers=num_workers,

@@ -241,18 +241,21 @@ class LinearProbe:
         from safetensors.numpy import save_file
 
         from progeo.io import atomic_path, write_json_atomic
+        from progeo.locks import folder_lock
 
         out = Path(out_dir)
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out {out} is a file; the probe is saved as a folder (probe.safetensors + probe.json)")
         tensors = {k: np.ascontiguousarray(getattr(self, k), dtype=np.float32) for k in _TENSORS}
-        with atomic_path(out / WEIGHTS_NAME) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": PROBE_FORMAT})
-        write_json_atomic(out / META_NAME, {
-            "format": PROBE_FORMAT, "version": PROBE_VERSION, "level": self.classes.level,
-            "classes": self.classes.to_json(), "model": self.model.to_dict(),
-            "feature_normalization": {"l2_normalize": True, "standardize": "training mean and std (feature_mean, feature_std)"},
-            "l2": self.l2, "val_accuracy": {f"{k:g}": v for k, v in self.val_accuracy.items()}, **self.info})
+        with folder_lock(out, flag="--out"):  # one writer: weights and meta of the same probe
+            with atomic_path(out / WEIGHTS_NAME) as tmp:
+                save_file(tensors, str(tmp), metadata={"format": PROBE_FORMAT})
+            write_json_atomic(out / META_NAME, {
+                "format": PROBE_FORMAT, "version": PROBE_VERSION, "level": self.classes.level,
+                "classes": self.classes.to_json(), "model": self.model.to_dict(),
+                "feature_normalization": {"l2_normalize": True,
+                                          "standardize": "training mean and std (feature_mean, feature_std)"},
+                "l2": self.l2, "val_accuracy": {f"{k:g}": v for k, v in self.val_accuracy.items()}, **self.info})
         return out
 
 

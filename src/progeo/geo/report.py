@@ -239,12 +239,15 @@ class GemRun:
     top: int | None = None  # places per image in the predictions file (None: all that were ranked)
 
     def write(self, out_dir: str | os.PathLike, predictions_format: str = "csv") -> dict[str, Path]:
+        from progeo.locks import folder_lock
+
         out = Path(out_dir)
-        files = {"predictions": self.predictions.write(out / f"predictions.{predictions_format}", self.top)}
-        if self.metrics is not None:
-            files["metrics"] = out / "metrics.json"
-            write_json_atomic(files["metrics"], {"run": self.name, **self.info, "skipped_images": self.skipped,
-                                                  **self.metrics})
+        with folder_lock(out, flag="--out"):  # one writer: predictions and metrics of the same run
+            files = {"predictions": self.predictions.write(out / f"predictions.{predictions_format}", self.top)}
+            if self.metrics is not None:
+                files["metrics"] = out / "metrics.json"
+                write_json_atomic(files["metrics"], {"run": self.name, **self.info, "skipped_images": self.skipped,
+                                                      **self.metrics})
         return files
 
 

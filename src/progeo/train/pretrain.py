@@ -34,7 +34,7 @@ from progeo.io import atomic_path
 from progeo.train.augment import AugmentConfig, BatchAugment
 from progeo.train.loop import check_finite, cosine_lr, optimizer_to, seed_everything, set_lr, torch_generator
 from progeo.train.pretrain_data import read_captions, read_city_labels, zeroshot_accuracy
-from progeo.train.resume import (EpochProgress, Stopped, load_training_state, prepare_out_dir,
+from progeo.train.resume import (EpochProgress, Stopped, load_training_state, prepare_out_dir, run_folder_lock,
                                  save_training_state, state_mismatch)
 from progeo.train.run_dir import RunDir
 
@@ -79,9 +79,15 @@ def _load_images(paths: list[str], size: int, cfg: PretrainConfig) -> torch.Tens
 
 def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
     """Pretrain (or, with ``cfg.resume``, continue pretraining) a tiny CLIP on ``cfg.world``."""
+    from progeo.train.ddp import launched_by_torchrun
     from progeo.train.loop import cpu_threads
 
-    with cpu_threads(cfg.threads):
+    cfg.check()
+    if launched_by_torchrun():
+        raise ConfigError("pretraining runs in one process; start it without torchrun (only stage 2 is distributed)")
+    if not cfg.world:
+        raise DatasetError("pretraining needs a synthetic world folder: --world DIR (make one with `progeo synth`)")
+    with cpu_threads(cfg.threads), run_folder_lock(cfg):
         return _pretrain(cfg)
 
 
@@ -89,13 +95,7 @@ def _pretrain(cfg: PretrainConfig) -> PretrainResult:
     from open_clip.loss import ClipLoss
 
     from progeo.models.backbones import image_size_of, load_clip, set_image_size
-    from progeo.train.ddp import launched_by_torchrun
 
-    cfg.check()
-    if launched_by_torchrun():
-        raise ConfigError("pretraining runs in one process; start it without torchrun (only stage 2 is distributed)")
-    if not cfg.world:
-        raise DatasetError("pretraining needs a synthetic world folder: --world DIR (make one with `progeo synth`)")
     t0 = time.perf_counter()
     start = prepare_out_dir(cfg, "pretrain", outputs=(CHECKPOINT_NAME,), tables=("epochs",))
     if start.finished is not None:
@@ -103,7 +103,7 @@ def _pretrain(cfg: PretrainConfig) -> PretrainResult:
     world = Path(cfg.world)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    run = RunDir(start.path, tensorboard=cfg.tensorboard)
+    run = RunDir(start.path, tensorboard=cfg.tensorboard, replaces=start.replaced)
     train_paths, captions = read_captions(world)
     if cfg.max_images is not None and cfg.max_images < len(train_paths):
         keep = np.sort(np.random.default_rng(cfg.seed).choice(len(train_paths), cfg.max_images, replace=False))

@@ -3,9 +3,15 @@
 A run folder (:class:`~progeo.train.run_dir.RunDir`) is recognised by its ``config.json``: the
 stage that wrote it is the config class whose fields its keys are (:func:`run_kind`).
 
-- A fresh run (no ``resume``) refuses an ``out_dir`` that already holds a run (a training state,
-  ``metrics.json`` or one of the stage's outputs) unless ``overwrite`` is set, so finished
-  outputs are never replaced by accident; with ``overwrite`` the old logs and state are deleted.
+- The run folder is locked (:func:`run_folder_lock`, :mod:`progeo.locks`) for the whole run: a
+  second process writing to it is refused at once, naming the folder and the holder's PID.
+- A fresh run (no ``resume``) refuses an ``out_dir`` that already holds anything of a run
+  (``config.json``, a CSV log, TensorBoard events, a training state, ``metrics.json`` or one of
+  the stage's outputs) unless ``overwrite`` is set, so nothing of an old run is lost by accident.
+  With ``overwrite`` the old run's files are deleted only once the new run has started cleanly:
+  folder locked, config validated, data and model loaded (:meth:`RunDir.save_config
+  <progeo.train.run_dir.RunDir.save_config>`, right before the first step); a new run that fails
+  before that leaves the old one as it was.
 - ``resume=RUN`` checks that RUN is a run of the same stage whose configuration agrees in every
   field that decides what is trained (all but :data:`FREE_FIELDS`), then continues from its
   training state; a run stopped before its first checkpoint starts again from the beginning, and
@@ -17,6 +23,7 @@ global RNG states and the stage's name) through :func:`~progeo.train.run_dir.sav
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -129,6 +136,36 @@ class RunStart:
     path: Path
     state_path: Path | None = None  # the training state to continue from (None: start at the beginning)
     finished: dict | None = None  # metrics.json of an already finished run: nothing is left to do
+    replaced: tuple[Path, ...] = ()  # files of an old run, deleted when the new run starts (RunDir.save_config)
+
+
+@contextlib.contextmanager
+def run_folder_lock(cfg, info=None, device=None):
+    """Hold the lock of the run folder (``cfg.resume`` or ``cfg.out_dir``) for the block.
+
+    Under torchrun (``info`` of :func:`progeo.train.ddp.init_distributed`) only rank 0 locks; it
+    tells the other ranks whether it could, so that all of them stop when the folder is in use.
+    """
+    from progeo.errors import FolderInUseError
+    from progeo.locks import folder_lock
+
+    folder, flag = (cfg.resume, "--resume") if cfg.resume else (cfg.out_dir, "--out-dir")
+    is_main = info is None or info.is_main
+    with contextlib.ExitStack() as stack:
+        refused: FolderInUseError | None = None
+        if is_main:
+            try:
+                stack.enter_context(folder_lock(folder, flag=flag, create=not cfg.resume))
+            except FolderInUseError as exc:
+                refused = exc
+        if info is not None and info.distributed:
+            from progeo.train import ddp
+
+            if ddp.broadcast_float(0.0 if refused else 1.0, info, device) == 0.0 and refused is None:
+                raise FolderInUseError(f"{flag} {folder} is in use by another progeo process (rank 0 says why)")
+        if refused is not None:
+            raise refused
+        yield
 
 
 def prepare_out_dir(cfg, kind: str, *, outputs: tuple[str, ...] = (), tables: tuple[str, ...] = (),
@@ -136,7 +173,9 @@ def prepare_out_dir(cfg, kind: str, *, outputs: tuple[str, ...] = (), tables: tu
     """Check ``cfg.out_dir`` (fresh run) or ``cfg.resume`` (see the module docstring) before a run writes.
 
     ``outputs``: the stage's final files/folders inside the run folder; ``tables``: its CSV logs.
-    Only ``is_main`` deletes anything (old logs of an overwritten run or of a run restarted from scratch).
+    Nothing is deleted here: the files the new run replaces are listed in :attr:`RunStart.replaced`
+    for its :class:`~progeo.train.run_dir.RunDir` to delete when the run starts (on the main process).
+    Call it while holding :func:`run_folder_lock`.
     """
     if cfg.resume:
         folder = Path(cfg.resume)
@@ -150,33 +189,31 @@ def prepare_out_dir(cfg, kind: str, *, outputs: tuple[str, ...] = (), tables: tu
         if has_state:
             return RunStart(folder, folder / STATE_FILE)
         log.warning("%s stopped before its first checkpoint: starting it again from the beginning", folder)
-        if is_main:
-            _clear(folder, tables)
-        return RunStart(folder)
+        return RunStart(folder, replaced=_old_run_files(folder, (), tables))
     folder = Path(cfg.out_dir)
-    held = [str(p.relative_to(folder)) for p in (folder / STATE_FILE, folder / "metrics.json",
-                                                 *(folder / o for o in outputs)) if p.exists()]
-    if held and not cfg.overwrite:
+    old = _old_run_files(folder, outputs, tables)
+    # TensorBoard events alone are the empty file of a run that failed before it started (no config.json)
+    if any(p.parent.name != "tensorboard" for p in old) and not cfg.overwrite:
         try:
             found = run_kind(json.loads((folder / "config.json").read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError, AttributeError):
             found = None
         what = _describe(found) if found else "a run"
-        raise ConfigError(f"--out-dir {folder} already holds {what} ({', '.join(held)}); continue it with "
+        held = [str(p.relative_to(folder)) for p in old]
+        listed = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
+        raise ConfigError(f"--out-dir {folder} already holds {what} ({listed}); continue it with "
                           f"--resume {folder}, replace it with --overwrite, or choose another --out-dir")
-    if is_main and (cfg.overwrite or (folder / "config.json").exists()):
-        _clear(folder, tables)
-    return RunStart(folder)
+    if cfg.overwrite and old:
+        log.info("--overwrite: the old run's files in %s are deleted once this run has started", folder)
+    return RunStart(folder, replaced=old)
 
 
-def _clear(folder: Path, tables: tuple[str, ...]) -> None:
-    """Delete the logs and the training state of an old run in ``folder`` (nothing else)."""
-    old = [folder / f"{t}.csv" for t in tables] + [folder / "metrics.json", folder / STATE_FILE]
-    old += sorted((folder / "tensorboard").glob("events.out.tfevents.*"))
-    for path in old:
-        if path.is_file():
-            log.info("deleting %s of the old run", path)
-            path.unlink()
+def _old_run_files(folder: Path, outputs: tuple[str, ...], tables: tuple[str, ...]) -> tuple[Path, ...]:
+    """The files (and output folders) of a run in ``folder``: outputs, state, metrics, config, logs, events."""
+    paths = [folder / STATE_FILE, folder / "metrics.json", *(folder / o for o in outputs), folder / "config.json",
+             *(folder / f"{t}.csv" for t in tables)]
+    found = [p for p in paths if p.exists()]
+    return tuple(found + sorted((folder / "tensorboard").glob("events.out.tfevents.*")))
 
 
 def save_training_state(path: str | os.PathLike, kind: str, **fields: Any) -> Path:
@@ -208,7 +245,7 @@ def state_mismatch(path: str | os.PathLike, exc: Exception) -> CheckpointError:
 
 
 __all__ = ["FREE_FIELDS", "RunStart", "Stopped", "check_same_run", "load_training_state", "prepare_out_dir",
-           "read_run_config", "run_kind", "save_training_state", "state_mismatch"]
+           "read_run_config", "run_folder_lock", "run_kind", "save_training_state", "state_mismatch"]
 
 
 @dataclass

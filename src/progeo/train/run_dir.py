@@ -39,9 +39,11 @@ _DICT = "__dict__"
 class RunDir:
     """A training run's output folder (see the module docstring)."""
 
-    def __init__(self, path: str | os.PathLike, *, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, path: str | os.PathLike, *, enabled: bool = True, tensorboard: bool = True,
+                 replaces: tuple[Path, ...] = ()):
         self.path = Path(path)
         self.enabled = enabled
+        self._replaces = tuple(replaces)  # an old run's files, deleted by the first save_config
         self._writer = None
         self._headers: dict[str, list[str]] = {}
         if not enabled:
@@ -66,9 +68,21 @@ class RunDir:
 
     def save_config(self, cfg) -> None:
         """Write ``config.json``; the one-off actions (resume, overwrite, stop_after) are stored unset, so
-        ``--resume RUN`` or ``--config RUN/config.json`` does not repeat them."""
+        ``--resume RUN`` or ``--config RUN/config.json`` does not repeat them.
+
+        A stage calls it once its data and model are loaded, right before training: the run has
+        started cleanly, so the files of the old run it replaces (``replaces``) are deleted first."""
         if self.enabled:
             import dataclasses
+            import shutil
+
+            for old in self._replaces:
+                log.info("deleting %s of the old run", old)
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old)
+                else:
+                    old.unlink(missing_ok=True)
+            self._replaces = ()
 
             from progeo.config import save_config
 

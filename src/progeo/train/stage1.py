@@ -29,7 +29,7 @@ from progeo.errors import ConfigError
 from progeo.losses import image_text_supcon
 from progeo.train.loop import (check_finite, cosine_lr, make_grad_scaler, optimizer_to, seed_everything, set_lr,
                                torch_generator)
-from progeo.train.resume import (EpochProgress, Stopped, load_training_state, prepare_out_dir,
+from progeo.train.resume import (EpochProgress, Stopped, load_training_state, prepare_out_dir, run_folder_lock,
                                  save_training_state, state_mismatch)
 from progeo.train.run_dir import RunDir
 
@@ -80,9 +80,15 @@ def group_features(clip, groups, cfg: Stage1Config, device: torch.device):
 
 def run_stage1(cfg: Stage1Config) -> Stage1Result:
     """Train (or, with ``cfg.resume``, continue) the prompts of ``cfg.groups_num`` groups."""
+    from progeo.train.ddp import launched_by_torchrun
     from progeo.train.loop import cpu_threads
 
-    with cpu_threads(cfg.threads):
+    cfg.check()
+    if launched_by_torchrun():
+        raise ConfigError("stage 1 runs in one process; start it without torchrun (only stage 2 is distributed)")
+    if not cfg.train_set:
+        raise ConfigError("stage 1 needs a training folder: --train-set FOLDER (train_set in a config file)")
+    with cpu_threads(cfg.threads), run_folder_lock(cfg):
         return _stage1(cfg)
 
 
@@ -90,20 +96,14 @@ def _stage1(cfg: Stage1Config) -> Stage1Result:
     from progeo.data.train_sets import TrainSet
     from progeo.models.prompts import PromptLearner
     from progeo.models.text_encoder import ClipTextEncoder
-    from progeo.train.ddp import launched_by_torchrun
 
-    cfg.check()
-    if launched_by_torchrun():
-        raise ConfigError("stage 1 runs in one process; start it without torchrun (only stage 2 is distributed)")
-    if not cfg.train_set:
-        raise ConfigError("stage 1 needs a training folder: --train-set FOLDER (train_set in a config file)")
     t0 = time.perf_counter()
     start = prepare_out_dir(cfg, "stage1", outputs=(PROMPTS_NAME,), tables=("epochs",))
     if start.finished is not None:
         return _finished(start.path, start.finished)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    run = RunDir(start.path, tensorboard=cfg.tensorboard)
+    run = RunDir(start.path, tensorboard=cfg.tensorboard, replaces=start.replaced)
 
     train_set = TrainSet.open(cfg.train_set, cfg.groups_config(), cache_dir=cfg.groups_cache_dir)
     groups = train_set.first_groups(cfg.groups_num)

@@ -34,7 +34,7 @@ from progeo.losses import label_smoothed_cross_entropy, soft_triplet_loss
 from progeo.train import ddp
 from progeo.train.class_batches import EpochBatches, epoch_loader
 from progeo.train.loop import (check_finite, make_grad_scaler, optimizer_to, seed_everything, torch_generator)
-from progeo.train.resume import prepare_out_dir
+from progeo.train.resume import prepare_out_dir, run_folder_lock
 from progeo.train.run_dir import RunDir, load_state, save_state
 from progeo.train.stage2_setup import Stage2Parts, build_parts, evaluate_model
 
@@ -72,7 +72,7 @@ def run_stage2(cfg: Stage2Config) -> Stage2Result:
     from progeo.train.loop import cpu_threads
 
     try:
-        with cpu_threads(cfg.threads):
+        with cpu_threads(cfg.threads), run_folder_lock(cfg, info, device):  # rank 0 locks the run folder
             return _run(cfg, info, device, t0)
     finally:
         ddp.cleanup(info)
@@ -85,7 +85,7 @@ def _run(cfg: Stage2Config, info: ddp.DistInfo, device: torch.device, t0: float)
     out_dir = start.path
     seed_everything(cfg.seed)
     parts = build_parts(cfg, device, info)
-    run = RunDir(out_dir, enabled=info.is_main, tensorboard=cfg.tensorboard)
+    run = RunDir(out_dir, enabled=info.is_main, tensorboard=cfg.tensorboard, replaces=start.replaced)
     state = _State()
     if start.state_path is not None:
         state = _restore(start.state_path, parts, device)
