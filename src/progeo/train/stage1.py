@@ -4,8 +4,11 @@ Both CLIP encoders are frozen. The image features of every image of the used gro
 computed once and cached (:mod:`progeo.train.features`). Each group has its own
 :class:`~progeo.models.prompts.PromptLearner`; epoch ``e`` trains group ``e mod groups_num``
 on its cached features in shuffled batches, with ``SupCon(image->text) + SupCon(text->image)``
-(:func:`~progeo.losses.image_text_supcon`), Adam and a cosine learning-rate schedule over
-the epochs. The result is one prompts file (``RUN/prompts.safetensors``) for stage 2.
+(:func:`~progeo.losses.image_text_supcon`) and Adam. The learning rate follows one cosine per
+group over that group's own epochs, as the authors' code does (one ``CosineAnnealingLR`` per
+group with ``T_max = epochs // groups_num``, stepped after each of its epochs);
+``lr_schedule="global"`` gives one cosine over all epochs instead (:func:`stage1_lr`). The
+result is one prompts file (``RUN/prompts.safetensors``) for stage 2.
 
 The resumable training state (``RUN/checkpoints/state.safetensors``: prompt learners, Adam, RNG,
 epoch, batch, losses) is written atomically after every epoch and every ``checkpoint_every``
@@ -151,12 +154,24 @@ def _stage1(cfg: Stage1Config) -> Stage1Result:
     return _finish(cfg, run, clip, learners, groups, progress.losses, feats.shape[0], cache_file, hit, t0)
 
 
+def stage1_lr(epoch: int, cfg: Stage1Config) -> float:
+    """The learning rate of stage-1 epoch ``epoch`` (a pure function of it, so a resumed run gets the same).
+
+    ``per_group``: group ``g = epoch mod groups_num`` is at its ``k = epoch // groups_num``-th epoch of a
+    cosine from ``lr`` to 0 over ``T = epochs // groups_num`` epochs (a group with one epoch more than
+    ``T`` trains its last at 0, as ``CosineAnnealingLR(T_max=T)`` gives). ``global``: one cosine over all epochs.
+    """
+    if cfg.lr_schedule == "global":
+        return cosine_lr(epoch, cfg.epochs, cfg.lr)
+    return cosine_lr(epoch // cfg.groups_num, max(1, cfg.epochs // cfg.groups_num), cfg.lr)
+
+
 def _train_epoch(cfg: Stage1Config, progress: EpochProgress, learner, text_encoder, optimizer, scaler, data, run: RunDir,
                  saved, device: torch.device) -> None:
     """Train group ``epoch mod groups_num`` for one epoch (from batch ``progress.step``), saving the state."""
     x_all, y_all = data
     epoch = progress.epoch
-    lr = cosine_lr(epoch, cfg.epochs, cfg.lr)
+    lr = stage1_lr(epoch, cfg)
     set_lr(optimizer, lr)
     order = torch.randperm(len(y_all), generator=torch_generator(cfg.seed, epoch)).to(device)
     n_batches = -(-len(order) // cfg.batch_size)
