@@ -120,6 +120,15 @@ def test_bad_image_skip(image_folder, num_workers, caplog, workers_for_small_set
     assert str(truncated) in logged and str(not_image) in logged
 
 
+def test_skipped_image_message_does_not_suggest_skipping(image_folder, caplog):
+    paths, truncated, _ = image_folder
+    with caplog.at_level(logging.WARNING, logger="progeo.data.images"):
+        list(iter_image_batches([paths[0], truncated], 32, batch_size=2, on_bad_image="skip"))
+    logged = caplog.text
+    assert f"left out (--on-bad-image skip): cannot decode image {truncated}" in logged
+    assert "replace or delete the file to include it" in logged and "pass --on-bad-image skip" not in logged
+
+
 def test_workers_are_started_only_for_enough_batches(image_folder):
     from progeo.data.images import BATCHES_PER_WORKER
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 
 import numpy as np
 import pytest
@@ -107,3 +109,52 @@ def test_stage1_too_many_groups_is_explained(tiny_world, tmp_path):
 
     with pytest.raises(ConfigError, match="lower groups_num"):
         run_stage1(_cfg(tiny_world, tmp_path, groups_num=500))
+
+
+def _authors_lr(epoch: int, epochs: int, groups: int, lr: float) -> float:
+    """The authors' stage-1 LR in closed form: group e % G at its (e // G)-th epoch of a cosine over epochs // G."""
+    return 0.5 * lr * (1 + math.cos(math.pi * (epoch // groups) / (epochs // groups)))
+
+
+@pytest.mark.parametrize("schedule", ["per_group", "global"])
+def test_stage1_lr_per_step_follows_a_cosine_per_group(tiny_world, tmp_path, schedule):
+    """Every optimizer step's LR, across a stop and a resume, equals the reference (3 groups, 10 epochs:
+    group 0 trains one epoch more than the others and its last one at LR 0, as the authors' scheduler does)."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from progeo.train.stage1 import run_stage1
+
+    seen: list[float] = []
+    handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: seen.append(opt.param_groups[0]["lr"]))
+    epochs, groups, lr = 10, 3, 0.01
+    kw = dict(epochs=epochs, groups_num=groups, lr=lr, lr_schedule=schedule, checkpoint_every=1)
+    try:
+        stopped = run_stage1(_cfg(tiny_world, tmp_path, stop_after=7, **kw))
+        assert stopped.stopped
+        resumed = run_stage1(_cfg(tiny_world, tmp_path, resume=str(stopped.run_dir), **kw))
+    finally:
+        handle.remove()
+    assert len(resumed.epoch_losses) == epochs
+    with open(resumed.run_dir / "epochs.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    steps = len(seen) // epochs
+    assert len(seen) == steps * epochs  # the groups have the same number of batches here
+    if schedule == "per_group":
+        expected = [_authors_lr(e, epochs, groups, lr) for e in range(epochs)]
+        # the same values from torch's CosineAnnealingLR, one per group, stepped after each of its epochs
+        optimizers = [torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr) for _ in range(groups)]
+        schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=epochs // groups) for o in optimizers]
+        for e in range(epochs):
+            assert schedulers[e % groups].get_last_lr()[0] == pytest.approx(expected[e], rel=1e-12, abs=1e-15)
+            optimizers[e % groups].step()
+            schedulers[e % groups].step()
+        assert expected[0] == expected[1] == expected[2] == lr and expected[9] == 0.0
+    else:
+        expected = [0.5 * lr * (1 + math.cos(math.pi * e / epochs)) for e in range(epochs)]
+    assert seen == pytest.approx([v for v in expected for _ in range(steps)], rel=1e-12, abs=1e-15)
+    assert [float(r["lr"]) for r in rows] == pytest.approx(expected, rel=1e-5, abs=1e-12)  # the CSV keeps 6 digits
+
+
+def test_stage1_lr_schedule_is_checked(tmp_path):
+    with pytest.raises(ConfigError, match="lr_schedule='cosine'.*per_group.*global"):
+        Stage1Config(train_set=str(tmp_path), lr_schedule="cosine").check()

@@ -130,3 +130,41 @@ def test_format_and_latlon_round_trip():
 def test_unknown_field_is_rejected():
     with pytest.raises(ValueError, match="unknown field"):
         parse_vg_names([FULL], fields=("yaw",))
+
+
+def _edge_case_numbers(n: int, seed: int = 0) -> list[str]:
+    """16-17 digit mantissas with the point anywhere, signs, exponents, and decimals next to the
+    midpoint between two neighbouring float64 values (where rounding twice goes wrong)."""
+    from decimal import Decimal
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        kind = i % 4
+        if kind < 2:  # a random 16- or 17-digit mantissa
+            digits = str(int(rng.integers(10**15, 10**17)))
+        else:  # the 17 leading digits of the midpoint above a random double (rounded down or up)
+            x = float(rng.uniform(1e-3, 1e7))
+            mid = (Decimal(x) + Decimal(np.nextafter(x, np.inf))) / 2
+            digits = f"{mid:.16e}".split("e")[0].replace(".", "")
+            if kind == 3:
+                digits = str(int(digits) + 1)
+        point = int(rng.integers(0, len(digits) + 1))
+        text = digits[:point] + "." + digits[point:] if point < len(digits) else digits
+        if rng.random() < 0.5:
+            text = "-" + text
+        if i % 7 == 0:
+            text += f"e{int(rng.integers(-5, 6))}"
+        out.append(text)
+    return out
+
+
+def test_long_mantissas_parse_bit_for_bit_like_python_float():
+    texts = _edge_case_numbers(6000)
+    names = [_name(utm_east=t, utm_north=t) for t in texts]
+    parsed = parse_vg_names(names, fields=("utm_east",))
+    assert parsed.valid.all()
+    expected = np.array([float(t) for t in texts])
+    got = parsed["utm_east"]
+    wrong = np.flatnonzero(got.view(np.int64) != expected.view(np.int64))
+    assert wrong.size == 0, f"{wrong.size} of {len(texts)} differ, e.g. {texts[wrong[0]]!r}: {got[wrong[0]]!r}"

@@ -137,6 +137,7 @@ class Stage1Config(GroupsFields, ModelFields, ResumeFields, RunConfig):
     epochs: int = 480  # in total; epoch e trains group e mod groups_num
     batch_size: int = 512
     lr: float = 0.01
+    lr_schedule: str = "per_group"  # per_group: one cosine per group over its epochs (the authors'); global: one over all epochs
     weight_decay: float = 0.0
     template: str = "A photo of a X X X X street."
     temperature: float = 1.0  # SupCon tau; the authors use raw features with tau = 1
@@ -155,6 +156,9 @@ class Stage1Config(GroupsFields, ModelFields, ResumeFields, RunConfig):
         _positive(self, "weight_decay", allow_zero=True)
         if self.image_size is not None:
             _positive(self, "image_size")
+        if self.lr_schedule not in ("per_group", "global"):
+            raise ConfigError(f"lr_schedule={self.lr_schedule!r} is not a stage-1 schedule; choose per_group (a "
+                              "cosine per group over its own epochs, as the authors) or global (one over all epochs)")
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 
@@ -47,9 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     except ProgeoError as exc:
         print(f"progeo {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"progeo {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # training runs raise Interrupted: what was saved, the command that continues
+        if os.environ.get("RANK", "0") == "0":  # one message for a distributed run
+            name = " ".join(str(n) for n in (args.command, getattr(args, "stage", None)) if n)
+            print(f"progeo {name}: {str(exc) or 'interrupted'}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 130))
 
 
 if __name__ == "__main__":  # pragma: no cover

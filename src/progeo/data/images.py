@@ -129,14 +129,15 @@ def decode_image(
     try:
         return pil_to_uint8_tensor(load_image(path, image_size, resize_mode, fast_jpeg))
     except _DECODE_ERRORS as exc:
-        raise ImageDecodeError(_bad_image_message(path, exc)) from exc
+        raise ImageDecodeError(_bad_image_message(path, exc) + _FAIL_FIX) from exc
+
+
+_FAIL_FIX = "; replace or delete the file, or pass --on-bad-image skip to leave unreadable images out"
 
 
 def _bad_image_message(path: str | os.PathLike, exc: BaseException) -> str:
-    return (
-        f"cannot decode image {os.fspath(path)}: {exc}; replace or delete the file, "
-        "or pass --on-bad-image skip to leave unreadable images out"
-    )
+    """What is wrong with the file; the policy adds what to do (:data:`_FAIL_FIX` or the skip note)."""
+    return f"cannot decode image {os.fspath(path)}: {exc}"
 
 
 class DecodedItem(NamedTuple):
@@ -298,8 +299,9 @@ class ImageBatches:
             for batch in (collated if isinstance(collated, list) else [collated]):
                 for index, message in batch.errors:
                     if self.on_bad_image == "fail":
-                        raise ImageDecodeError(message)
-                    logger.warning("skipping bad image: %s", message)
+                        raise ImageDecodeError(message + _FAIL_FIX)
+                    logger.warning("left out (--on-bad-image skip): %s; replace or delete the file to include it",
+                                   message)
                     self.skipped_indices.append(index)
                 if len(batch.indices):
                     yield batch.images, batch.indices

@@ -150,14 +150,18 @@ def _as_buffer(names: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     return arr, ends - lengths, ends, ""
 
 
-_POW10 = 10.0 ** np.arange(_MAX_DIGITS + 1)
+_POW10 = 10.0 ** np.arange(_MAX_DIGITS + 1)  # exact: every 10**k with k <= 22 is a float64
+_EXACT_MANTISSA = 2**53  # integers up to here convert to float64 exactly
 
 
 def _parse_decimal(arr: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Vectorized ``[+-]digits[.digits]`` reader, column by column; returns (values, needs_fallback).
 
-    The mantissa is accumulated exactly in int64 and divided once by a power of ten, which
-    rounds correctly, so the result equals ``float(text)``.
+    The mantissa is accumulated exactly in int64. Where it is at most 2**53 (so exact as a
+    float64) it is divided once by an exact power of ten (at most 10**17 < 10**22): a single
+    correctly rounded division, the same float as ``float(text)`` (Clinger's fast path). Longer
+    mantissas would round twice (to float64, then in the division), so those entries are read by
+    numpy's correctly rounded string-to-float conversion instead.
     """
     n = starts.size
     mant = np.zeros(n, dtype=np.int64)
@@ -187,6 +191,9 @@ def _parse_decimal(arr: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> 
     values = mant / _POW10[frac]
     if n:
         np.negative(values, out=values, where=neg)
+    inexact = np.flatnonzero(~bad & (mant > _EXACT_MANTISSA))  # well-formed, but float64(mant) would round
+    if inexact.size:
+        values[inexact] = _gather_text(arr, starts[inexact], lengths[inexact]).astype(np.float64)
     return values, bad
 
 

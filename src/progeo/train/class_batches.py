@@ -120,7 +120,9 @@ class EpochBatches(Dataset):
 
 def epoch_loader(dataset: EpochBatches, num_workers: int, pin_memory: bool):
     """Iterable over the batches of ``dataset`` (in order), in workers when asked and useful."""
+    from progeo.train.interrupt import ignore_stop_signals
+
     if num_workers == 0 or dataset.source.in_memory:
         return (dataset[k] for k in range(len(dataset)))
     return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers, pin_memory=pin_memory,
-                      prefetch_factor=4)
+                      prefetch_factor=4, worker_init_fn=ignore_stop_signals)

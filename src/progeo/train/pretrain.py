@@ -12,7 +12,8 @@ Output: ``RUN/clip.safetensors``, an open_clip state dict that
 ``load_clip(arch, weights=PATH)`` / ``--backbone tiny-vit --weights PATH`` load. The resumable
 training state (``RUN/checkpoints/state.safetensors``: model, AdamW, RNG, epoch, step, losses) is
 written atomically after every epoch and every ``checkpoint_every`` steps; ``resume=RUN``
-continues it exactly (:mod:`progeo.train.resume`).
+continues it exactly (:mod:`progeo.train.resume`). SIGINT/SIGTERM save it after the current step
+and stop with the command that continues the run (:mod:`progeo.train.interrupt`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from progeo.io import atomic_path
 from progeo.train.augment import AugmentConfig, BatchAugment
 from progeo.train.loop import check_finite, cosine_lr, optimizer_to, seed_everything, set_lr, torch_generator
 from progeo.train.pretrain_data import read_captions, read_city_labels, zeroshot_accuracy
+from progeo.train.interrupt import StopSignals
 from progeo.train.resume import (EpochProgress, Stopped, load_training_state, prepare_out_dir, run_folder_lock,
                                  save_training_state, state_mismatch)
 from progeo.train.run_dir import RunDir
@@ -87,11 +89,11 @@ def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
         raise ConfigError("pretraining runs in one process; start it without torchrun (only stage 2 is distributed)")
     if not cfg.world:
         raise DatasetError("pretraining needs a synthetic world folder: --world DIR (make one with `progeo synth`)")
-    with cpu_threads(cfg.threads), run_folder_lock(cfg):
-        return _pretrain(cfg)
+    with cpu_threads(cfg.threads), run_folder_lock(cfg), StopSignals("pretrain") as stop:
+        return _pretrain(cfg, stop)
 
 
-def _pretrain(cfg: PretrainConfig) -> PretrainResult:
+def _pretrain(cfg: PretrainConfig, stop: StopSignals) -> PretrainResult:
     from open_clip.loss import ClipLoss
 
     from progeo.models.backbones import image_size_of, load_clip, set_image_size
@@ -100,6 +102,7 @@ def _pretrain(cfg: PretrainConfig) -> PretrainResult:
     start = prepare_out_dir(cfg, "pretrain", outputs=(CHECKPOINT_NAME,), tables=("epochs",))
     if start.finished is not None:
         return _finished(start.path, start.finished)
+    stop.run_dir, stop.resumable = start.path, bool(cfg.resume)
     world = Path(cfg.world)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
@@ -144,6 +147,7 @@ def _pretrain(cfg: PretrainConfig) -> PretrainResult:
     else:
         progress = _Progress(before=float(zeroshot().mean() * 100))
     run.save_config(cfg)
+    stop.resumable = True
     log.info("pretraining %s from scratch on %d captioned images at %d px; zero-shot before: %.1f%% (chance %.1f%%)",
              clip.arch, len(train_paths), cfg.image_size, progress.before, 100 / len(classes))
 
@@ -153,6 +157,7 @@ def _pretrain(cfg: PretrainConfig) -> PretrainResult:
 
     model.train()
     bar = tqdm(total=cfg.epochs, initial=progress.epoch, desc="pretrain", unit="epoch", disable=not cfg.progress)
+    stop.deferring = True  # from here a first signal stops after the current step, with the state saved
     try:
         while progress.epoch < cfg.epochs:
             epoch = progress.epoch
@@ -180,6 +185,9 @@ def _pretrain(cfg: PretrainConfig) -> PretrainResult:
                     save()
                 if cfg.stop_after is not None and progress.session_steps >= cfg.stop_after:
                     raise Stopped()
+                if stop.requested and progress.step < steps_per_epoch:
+                    save()
+                    raise stop.stop(f"epoch {epoch}, step {progress.step}", run.state_path)
             progress.losses.append(progress.total / max(steps_per_epoch, 1))
             run.log("epochs", {"epoch": epoch, "loss": progress.losses[-1],
                                "logit_scale": float(model.logit_scale.detach().exp())}, step=epoch)
@@ -188,6 +196,8 @@ def _pretrain(cfg: PretrainConfig) -> PretrainResult:
             save()  # after the log row: a run killed in between redoes the epoch and its row
             bar.update(1)
             bar.set_postfix(loss=f"{progress.losses[-1]:.3f}")
+            if stop.requested:
+                raise stop.stop(f"the end of epoch {epoch}", run.state_path)
     except Stopped:
         log.warning("stop_after=%d reached: stopping as if the run had been killed", cfg.stop_after)
         run.close()
@@ -197,6 +207,7 @@ def _pretrain(cfg: PretrainConfig) -> PretrainResult:
         run.close()
         raise
     finally:
+        stop.deferring = False
         bar.close()
 
     correct = zeroshot()

@@ -4,12 +4,17 @@ Both CLIP encoders are frozen. The image features of every image of the used gro
 computed once and cached (:mod:`progeo.train.features`). Each group has its own
 :class:`~progeo.models.prompts.PromptLearner`; epoch ``e`` trains group ``e mod groups_num``
 on its cached features in shuffled batches, with ``SupCon(image->text) + SupCon(text->image)``
-(:func:`~progeo.losses.image_text_supcon`), Adam and a cosine learning-rate schedule over
-the epochs. The result is one prompts file (``RUN/prompts.safetensors``) for stage 2.
+(:func:`~progeo.losses.image_text_supcon`) and Adam. The learning rate follows one cosine per
+group over that group's own epochs, as the authors' code does (one ``CosineAnnealingLR`` per
+group with ``T_max = epochs // groups_num``, stepped after each of its epochs);
+``lr_schedule="global"`` gives one cosine over all epochs instead (:func:`stage1_lr`). The
+result is one prompts file (``RUN/prompts.safetensors``) for stage 2.
 
 The resumable training state (``RUN/checkpoints/state.safetensors``: prompt learners, Adam, RNG,
 epoch, batch, losses) is written atomically after every epoch and every ``checkpoint_every``
-batches; ``resume=RUN`` continues it exactly (:mod:`progeo.train.resume`).
+batches; ``resume=RUN`` continues it exactly (:mod:`progeo.train.resume`). SIGINT/SIGTERM save the
+state after the current batch and raise :class:`~progeo.train.interrupt.Interrupted` with the command
+that continues the run (:mod:`progeo.train.interrupt`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from progeo.errors import ConfigError
 from progeo.losses import image_text_supcon
 from progeo.train.loop import (check_finite, cosine_lr, make_grad_scaler, optimizer_to, seed_everything, set_lr,
                                torch_generator)
+from progeo.train.interrupt import StopSignals
 from progeo.train.resume import (EpochProgress, Stopped, load_training_state, prepare_out_dir, run_folder_lock,
                                  save_training_state, state_mismatch)
 from progeo.train.run_dir import RunDir
@@ -88,11 +94,11 @@ def run_stage1(cfg: Stage1Config) -> Stage1Result:
         raise ConfigError("stage 1 runs in one process; start it without torchrun (only stage 2 is distributed)")
     if not cfg.train_set:
         raise ConfigError("stage 1 needs a training folder: --train-set FOLDER (train_set in a config file)")
-    with cpu_threads(cfg.threads), run_folder_lock(cfg):
-        return _stage1(cfg)
+    with cpu_threads(cfg.threads), run_folder_lock(cfg), StopSignals("stage1") as stop:
+        return _stage1(cfg, stop)
 
 
-def _stage1(cfg: Stage1Config) -> Stage1Result:
+def _stage1(cfg: Stage1Config, stop: StopSignals) -> Stage1Result:
     from progeo.data.train_sets import TrainSet
     from progeo.models.prompts import PromptLearner
     from progeo.models.text_encoder import ClipTextEncoder
@@ -101,6 +107,7 @@ def _stage1(cfg: Stage1Config) -> Stage1Result:
     start = prepare_out_dir(cfg, "stage1", outputs=(PROMPTS_NAME,), tables=("epochs",))
     if start.finished is not None:
         return _finished(start.path, start.finished)
+    stop.run_dir, stop.resumable = start.path, bool(cfg.resume)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     run = RunDir(start.path, tensorboard=cfg.tensorboard, replaces=start.replaced)
@@ -123,11 +130,13 @@ def _stage1(cfg: Stage1Config) -> Stage1Result:
         run.drop_rows_after("epochs", "epoch", progress.epoch - 1)
         log.info("resuming %s at epoch %d, batch %d", run.path, progress.epoch, progress.step)
     run.save_config(cfg)
+    stop.resumable = True
     log.info("stage 1: %d group(s), %s classes, %d images, %d epochs, batch %d on %s", len(groups),
              [len(g) for g in groups], feats.shape[0], cfg.epochs, cfg.batch_size, device)
 
     on_device: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     bar = tqdm(total=cfg.epochs, initial=progress.epoch, desc="stage 1", unit="epoch", disable=not cfg.progress)
+    stop.deferring = True  # from here a first signal stops after the current batch, with the state saved
     try:
         while progress.epoch < cfg.epochs:
             g = progress.epoch % cfg.groups_num
@@ -135,7 +144,7 @@ def _stage1(cfg: Stage1Config) -> Stage1Result:
                 rows, labels = per_group[g]
                 on_device[g] = (torch.from_numpy(np.array(feats[rows])).to(device), torch.from_numpy(labels).to(device))
             _train_epoch(cfg, progress, learners[g], text_encoder, optimizer, scaler, on_device[g], run,
-                         (learners, optimizer, scaler), device)
+                         (learners, optimizer, scaler), device, stop)
             bar.update(1)
             bar.set_postfix(loss=f"{progress.losses[-1]:.4f}")
     except Stopped:
@@ -147,16 +156,30 @@ def _stage1(cfg: Stage1Config) -> Stage1Result:
         run.close()
         raise
     finally:
+        stop.deferring = False
         bar.close()
     return _finish(cfg, run, clip, learners, groups, progress.losses, feats.shape[0], cache_file, hit, t0)
 
 
+def stage1_lr(epoch: int, cfg: Stage1Config) -> float:
+    """The learning rate of stage-1 epoch ``epoch`` (a pure function of it, so a resumed run gets the same).
+
+    ``per_group``: group ``g = epoch mod groups_num`` is at its ``k = epoch // groups_num``-th epoch of a
+    cosine from ``lr`` to 0 over ``T = epochs // groups_num`` epochs (a group with one epoch more than
+    ``T`` trains its last at 0, as ``CosineAnnealingLR(T_max=T)`` gives). ``global``: one cosine over all epochs.
+    """
+    if cfg.lr_schedule == "global":
+        return cosine_lr(epoch, cfg.epochs, cfg.lr)
+    return cosine_lr(epoch // cfg.groups_num, max(1, cfg.epochs // cfg.groups_num), cfg.lr)
+
+
 def _train_epoch(cfg: Stage1Config, progress: EpochProgress, learner, text_encoder, optimizer, scaler, data, run: RunDir,
-                 saved, device: torch.device) -> None:
-    """Train group ``epoch mod groups_num`` for one epoch (from batch ``progress.step``), saving the state."""
+                 saved, device: torch.device, stop: StopSignals) -> None:
+    """Train group ``epoch mod groups_num`` for one epoch (from batch ``progress.step``), saving the state;
+    after a stop signal, save it at the current batch and raise :class:`~progeo.train.interrupt.Interrupted`."""
     x_all, y_all = data
     epoch = progress.epoch
-    lr = cosine_lr(epoch, cfg.epochs, cfg.lr)
+    lr = stage1_lr(epoch, cfg)
     set_lr(optimizer, lr)
     order = torch.randperm(len(y_all), generator=torch_generator(cfg.seed, epoch)).to(device)
     n_batches = -(-len(order) // cfg.batch_size)
@@ -180,12 +203,17 @@ def _train_epoch(cfg: Stage1Config, progress: EpochProgress, learner, text_encod
             _save(run, progress, *saved)
         if cfg.stop_after is not None and progress.session_steps >= cfg.stop_after:
             raise Stopped()
+        if stop.requested and progress.step < n_batches:
+            _save(run, progress, *saved)
+            raise stop.stop(f"epoch {epoch}, batch {progress.step}", run.state_path)
     progress.losses.append(progress.total / max(n_batches, 1))
     run.log("epochs", {"epoch": epoch, "group": epoch % cfg.groups_num, "loss": progress.losses[-1], "lr": lr},
             step=epoch)
     run.flush()
     progress.epoch, progress.step, progress.total = epoch + 1, 0, 0.0
     _save(run, progress, *saved)  # after the log row: a run killed in between redoes the epoch and its row
+    if stop.requested:
+        raise stop.stop(f"the end of epoch {epoch}", run.state_path)
 
 
 def _save(run: RunDir, progress: EpochProgress, learners, optimizer, scaler) -> None:

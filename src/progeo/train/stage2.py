@@ -14,7 +14,9 @@ resumable training state (``RUN/checkpoints/state.safetensors``: model, optimize
 classifiers, RNG, epoch, iteration, best recall), also every ``checkpoint_every`` iterations.
 At the end, the best model's test recalls. Under ``torchrun`` the image encoder runs in
 DistributedDataParallel, classifier gradients are averaged by hand, each process trains on
-its slice of every global batch, and only rank 0 writes.
+its slice of every global batch, and only rank 0 writes. SIGINT/SIGTERM save the state after the
+current iteration (all processes stop at the same one) and stop with the command that continues
+the run (:mod:`progeo.train.interrupt`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from progeo.device import autocast, resolve_device
 from progeo.losses import label_smoothed_cross_entropy, soft_triplet_loss
 from progeo.train import ddp
 from progeo.train.class_batches import EpochBatches, epoch_loader
+from progeo.train.interrupt import StopSignals
 from progeo.train.loop import (check_finite, make_grad_scaler, optimizer_to, seed_everything, torch_generator)
 from progeo.train.resume import prepare_out_dir, run_folder_lock
 from progeo.train.run_dir import RunDir, load_state, save_state
@@ -72,17 +75,18 @@ def run_stage2(cfg: Stage2Config) -> Stage2Result:
     from progeo.train.loop import cpu_threads
 
     try:
-        with cpu_threads(cfg.threads), run_folder_lock(cfg, info, device):  # rank 0 locks the run folder
-            return _run(cfg, info, device, t0)
+        with cpu_threads(cfg.threads), run_folder_lock(cfg, info, device), StopSignals("stage2") as stop:
+            return _run(cfg, info, device, t0, stop)  # rank 0 locks the run folder
     finally:
         ddp.cleanup(info)
 
 
-def _run(cfg: Stage2Config, info: ddp.DistInfo, device: torch.device, t0: float) -> Stage2Result:
+def _run(cfg: Stage2Config, info: ddp.DistInfo, device: torch.device, t0: float, stop: StopSignals) -> Stage2Result:
     start = prepare_out_dir(cfg, "stage2", outputs=(BEST_NAME, LAST_NAME), tables=("epochs", "iterations"),
                             is_main=info.is_main)
     ddp.barrier(info)  # every process has checked the folder before the main one writes to it
     out_dir = start.path
+    stop.run_dir, stop.resumable = out_dir, bool(cfg.resume)
     seed_everything(cfg.seed)
     parts = build_parts(cfg, device, info)
     run = RunDir(out_dir, enabled=info.is_main, tensorboard=cfg.tensorboard, replaces=start.replaced)
@@ -93,20 +97,26 @@ def _run(cfg: Stage2Config, info: ddp.DistInfo, device: torch.device, t0: float)
         run.drop_rows_after("iterations", "step", state.epoch * cfg.iterations_per_epoch + state.iteration)
         run.drop_rows_after("epochs", "epoch", state.epoch - 1)
     run.save_config(cfg)
+    stop.resumable = True
     model = ddp.wrap_ddp(parts.model, info, device)
     scaler = make_grad_scaler(device, cfg.amp)
     part = ddp.rank_slice(cfg.batch_size, info)
     stopped = False
+    stop.deferring = True  # from here a first signal stops after the current iteration, with the state saved
     try:
         while state.epoch < cfg.epochs:
-            _train_epoch(cfg, parts, model, scaler, state, run, info, device, part)
+            _train_epoch(cfg, parts, model, scaler, state, run, info, device, part, stop)
             _end_of_epoch(cfg, parts, state, run, info, device)
+            if _stop_requested(stop, info, device):
+                raise stop.stop(f"the end of epoch {state.epoch - 1}", run.state_path)
     except _Stop:
         stopped = True
         log.warning("stop_after=%d reached: stopping as if the run had been killed", cfg.stop_after)
     except BaseException:
         run.close()
         raise
+    finally:
+        stop.deferring = False
     result = Stage2Result(run.path, run.path / BEST_NAME if state.best_epoch >= 0 else None,
                           run.path / LAST_NAME if state.epoch > 0 else None, state.best_r1, state.best_epoch,
                           state.history, epochs_done=state.epoch, iterations_done=state.session_iterations,
@@ -133,7 +143,13 @@ class _State:
     session_iterations: int = 0  # iterations run by this call (not saved)
 
 
-def _train_epoch(cfg, parts: Stage2Parts, model, scaler, state: _State, run: RunDir, info, device, part) -> None:
+def _stop_requested(stop: StopSignals, info, device) -> bool:
+    """Whether any process got a stop signal (all processes then stop at the same iteration)."""
+    return ddp.all_reduce_mean(1.0 if stop.requested else 0.0, info, device) > 0
+
+
+def _train_epoch(cfg, parts: Stage2Parts, model, scaler, state: _State, run: RunDir, info, device, part,
+                 stop: StopSignals) -> None:
     g = state.epoch % cfg.groups_num
     group, classifier, cls_opt = parts.groups[g], parts.classifiers[g], parts.classifier_optimizers[g]
     classifier.to(device)
@@ -183,6 +199,9 @@ def _train_epoch(cfg, parts: Stage2Parts, model, scaler, state: _State, run: Run
             _save(run, parts, state, info)
         if cfg.stop_after is not None and state.session_iterations >= cfg.stop_after:
             raise _Stop()  # as if killed right after this step: nothing more is saved
+        if state.iteration < cfg.iterations_per_epoch and _stop_requested(stop, info, device):
+            _save(run, parts, state, info)
+            raise stop.stop(f"epoch {state.epoch}, iteration {state.iteration}", run.state_path)
     classifier.to("cpu")
     optimizer_to(cls_opt, "cpu")
 
