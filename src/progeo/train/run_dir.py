@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from progeo.errors import CheckpointError
+from progeo.errors import CheckpointError, reading
 from progeo.io import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -191,12 +191,12 @@ def load_state(path: str | os.PathLike, device: str | torch.device = "cpu") -> d
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no training state at {path}; give the folder of a run that saved a checkpoint")
-    try:
+    fix = "the run cannot continue from it: restore it from a copy, or start the run again with --overwrite"
+    with reading(path, "training state", fix, CheckpointError):
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:
-        raise CheckpointError(f"training state {path} cannot be read ({exc}); it may be truncated") from exc
     if meta.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} is not a progeo training state (format {meta.get('format')!r})")
-    return _unflatten(json.loads(meta["tree"]), tensors)
+    with reading(path, "training state", fix, CheckpointError):
+        return _unflatten(json.loads(meta["tree"]), tensors)
