@@ -53,6 +53,8 @@ def files(tiny_world, tmp_path_factory) -> Path:
     assert main(["eval", "--model", str(root / "model"), "--test-set", str(tiny_world / "test"), "--out",
                  str(root / "eval"), "--save-descriptors", str(root / "saved"), *FAST]) == 0
     shutil.copytree(tiny_world / "test", root / "test")  # with its *_images_paths.txt lists
+    shutil.copy(tiny_world / "labels.csv", root / "labels.csv")
+    (root / "templates.txt").write_text("a photo taken in {city}.\n" * 40)
 
     stage2 = config_to_dict(Stage2Config(train_set=str(tiny_world / "train"), backbone="tiny-vit", epochs=1))
     (root / "stage2.json").write_text(json.dumps(stage2, indent=1))
@@ -109,6 +111,9 @@ def _commands(root: Path, world: Path, out: Path) -> dict[str, tuple[str, list[s
                                                        "tiny-vit", "--out", str(out / "m")]),
         "probe description": ("probe/probe.json", ["probe", "eval", "--probe", str(root / "probe"), "--images", test]),
         "probe weights": ("probe/probe.safetensors", ["probe", "eval", "--probe", str(root / "probe"), "--images", test]),
+        "labels CSV": ("labels.csv", ["probe", "eval", "--probe", str(root / "probe"), "--images", str(root / "labels.csv")]),
+        "templates": ("templates.txt", ["zeroshot", "--model", "tiny-rn", "--images", test, "--templates",
+                                        str(root / "templates.txt"), "--device", "cpu", "--no-progress"]),
     }
 
 
@@ -116,7 +121,9 @@ KINDS = ["model weights", "model config", "single-file model", "index model weig
          "faiss index", "faiss index config", "index coordinates", "index description", "index image paths",
          "descriptors", "descriptors metadata", "descriptors paths", "descriptors UTMs", "image list", "JSON config",
          "YAML config", "run config", "training state", "prompts", "import-prompts input", "import-checkpoint input",
-         "probe description", "probe weights"]
+         "probe description", "probe weights", "labels CSV", "templates"]
+#: Text cut at a line is still a valid file with fewer entries, checked like any other.
+VALID_WHEN_CUT = {"YAML config", "templates"}
 
 
 def damage(file: Path, how: str) -> None:
@@ -130,8 +137,8 @@ def damage(file: Path, how: str) -> None:
 @pytest.mark.parametrize("how", ["truncated", "random"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_damaged_file_fails_with_one_line_naming_it(files, tiny_world, tmp_path, capsys, kind, how):
-    if (kind, how) == ("YAML config", "truncated"):
-        pytest.skip("YAML cut at a line is valid YAML with fewer options (checked like any config)")
+    if kind in VALID_WHEN_CUT and how == "truncated":
+        pytest.skip("text cut at a line is a valid file with fewer entries")
     relative, argv = _commands(files, tiny_world, tmp_path / "out")[kind]
     file = files / relative
     original = file.read_bytes()
@@ -143,23 +150,37 @@ def test_damaged_file_fails_with_one_line_naming_it(files, tiny_world, tmp_path,
         file.write_bytes(original)
     err = capsys.readouterr().err.strip()
     assert code == 2, err
-    assert len(err.splitlines()) == 1, err
+    assert len(err.splitlines()) == 1 and "faiss::" not in err and "Traceback" not in err, err
     assert str(file) in err or f"{file.parent}" in err and file.name in err, err
-    assert any(word in err for word in ("again", "rebuild", "regenerate", "restore", "correct", "delete")), err
+    assert any(word in err for word in ("again", "rebuild", "regenerate", "restore", "correct", "delete", "save it as", "quote")), err
 
 
-def test_damaged_model_folder_in_a_real_process(files, tiny_world, tmp_path):
-    """The issue's report: `progeo eval --model M` with a truncated M/model.safetensors printed a
-    20-line SafetensorError traceback."""
-    model = tmp_path / "model"
-    shutil.copytree(files / "model", model)
-    damage(model / "model.safetensors", "truncated")
+def _run(argv: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
-    proc = subprocess.run([sys.executable, "-m", "progeo", "eval", "--model", str(model), "--test-set",
-                           str(tiny_world / "test"), "--out", str(tmp_path / "out"), *FAST],
-                          capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run([sys.executable, "-m", "progeo", *argv, *FAST], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_damaged_model_and_index_in_a_real_process(files, tiny_world, tmp_path):
+    """The issue's reports: `progeo eval --model M` with a truncated M/model.safetensors printed a
+    20-line SafetensorError traceback, a truncated index.faiss faiss's C++ text. Nothing but the
+    error line reaches stderr (no traceback, no log line)."""
+    model, index = tmp_path / "model", tmp_path / "index"
+    shutil.copytree(files / "model", model)
+    shutil.copytree(files / "index", index)
+    damage(model / "model.safetensors", "truncated")
+    damage(index / "index.faiss", "truncated")
+    proc = _run(["eval", "--model", str(model), "--test-set", str(tiny_world / "test"), "--out", str(tmp_path / "o")])
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"progeo eval: error: saved model weights {model / 'model.safetensors'} is unreadable: truncated or corrupt "
         f"(Error while deserializing header: incomplete metadata, file not fully covered); restore it from a copy or "
         f"save it again (the training run that wrote it, or `progeo import-checkpoint` for an imported checkpoint)"]
+    photo = sorted((tiny_world / "test" / "queries").iterdir())[0]
+    proc = _run(["localize", str(photo), "--index", str(index)])
+    assert proc.returncode == 2, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith(f"progeo localize: error: faiss index {index / 'index.faiss'} is unreadable: truncated or "
+                           "corrupt ('ret == (size)' failed: read error in"), line
+    assert line.endswith(f"; rebuild the index: `progeo index build --model {files / 'model'} --database "
+                         f"{tiny_world / 'test' / 'database'} --out {index}`"), line

@@ -42,11 +42,12 @@ _FAISS_PREFIX = re.compile(r"^Error in .*? at \S+:\d+: (Error: )?")
 
 def is_read_error(exc: BaseException) -> bool:
     """True for the exceptions that reading a damaged or foreign file raises."""
+    import csv
     import pickle
     import struct
     import zipfile
 
-    if isinstance(exc, (*_READ_ERRORS, zipfile.BadZipFile, pickle.UnpicklingError, struct.error)):
+    if isinstance(exc, (*_READ_ERRORS, zipfile.BadZipFile, pickle.UnpicklingError, struct.error, csv.Error)):
         return True
     try:
         import yaml

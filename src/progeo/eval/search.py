@@ -43,7 +43,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from progeo.errors import ConfigError, DatasetError, reading
+from progeo.errors import ConfigError, DatasetError, reading, short_reason
 from progeo.io import atomic_path, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -275,7 +275,7 @@ def load_index(path: str | os.PathLike, mmap: bool = True) -> tuple[faiss.Index,
         try:
             index = faiss.read_index(path, getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP))
         except RuntimeError as exc:
-            logger.info("cannot memory-map %s (%s); reading it into memory", path, str(exc).splitlines()[0])
+            logger.debug("cannot memory-map %s (%s); reading it into memory", path, short_reason(exc))
     if index is None:
         with reading(path, "faiss index", fix):
             index = faiss.read_index(path)
