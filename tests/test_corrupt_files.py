@@ -184,3 +184,15 @@ def test_damaged_model_and_index_in_a_real_process(files, tiny_world, tmp_path):
                            "corrupt ('ret == (size)' failed: read error in"), line
     assert line.endswith(f"; rebuild the index: `progeo index build --model {files / 'model'} --database "
                          f"{tiny_world / 'test' / 'database'} --out {index}`"), line
+
+
+@pytest.mark.parametrize("how", ["truncated", "random"])
+def test_damaged_run_metrics_are_rewritten_with_a_warning(tmp_path, caplog, how):
+    from progeo.train.run_dir import RunDir
+
+    run = RunDir(tmp_path / "run", tensorboard=False)
+    run.write_metrics({"best_epoch": 3, "R@1": 50.0})
+    damage(tmp_path / "run" / "metrics.json", how)
+    run.write_metrics({"finished": True})
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == {"finished": True}
+    assert any("metrics.json is unreadable" in r.getMessage() for r in caplog.records)

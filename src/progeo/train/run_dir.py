@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from progeo.errors import CheckpointError, reading
+from progeo.errors import CheckpointError, is_read_error, reading, short_reason
 from progeo.io import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -128,8 +128,14 @@ class RunDir:
         if not self.enabled:
             return
         path = self.path / "metrics.json"
-        current = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-        current.update(metrics)
+        try:
+            current = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+            current.update(metrics)
+        except Exception as exc:
+            if not is_read_error(exc):
+                raise
+            log.warning("%s is unreadable (%s); writing a new one with the current metrics", path, short_reason(exc))
+            current = dict(metrics)
         write_json_atomic(path, current)
 
     def flush(self) -> None:
