@@ -196,3 +196,16 @@ def test_damaged_run_metrics_are_rewritten_with_a_warning(tmp_path, caplog, how)
     run.write_metrics({"finished": True})
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == {"finished": True}
     assert any("metrics.json is unreadable" in r.getMessage() for r in caplog.records)
+
+
+def test_damaged_training_log_is_named_on_resume(tmp_path):
+    from progeo.errors import CheckpointError
+    from progeo.train.run_dir import RunDir
+
+    run = RunDir(tmp_path / "run", tensorboard=False)
+    for epoch in range(40):
+        run.log("epochs", {"epoch": epoch, "loss": 1.0 / (epoch + 1)})
+    damage(tmp_path / "run" / "epochs.csv", "random")
+    with pytest.raises(CheckpointError, match=r"^training log .*epochs\.csv is unreadable: truncated or corrupt "
+                                              r"\(not UTF-8 text: .*\); restore it from a copy, or delete it"):
+        RunDir(tmp_path / "run", tensorboard=False).drop_rows_after("epochs", "epoch", 3)

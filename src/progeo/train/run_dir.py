@@ -30,6 +30,7 @@ from progeo.errors import CheckpointError, is_read_error, reading, short_reason
 from progeo.io import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
+LOG_FIX = "restore it from a copy, or delete it (the run then logs to a new one)"
 
 STATE_FORMAT = "progeo-training-state"
 _TENSOR = "__tensor__"
@@ -82,7 +83,7 @@ class RunDir:
         path = self.path / f"{table}.csv"
         header = self._headers.get(table)
         if header is None and path.exists():
-            with open(path, newline="", encoding="utf-8") as f:
+            with reading(path, "training log", LOG_FIX, CheckpointError), open(path, newline="", encoding="utf-8") as f:
                 header = next(csv.reader(f), None)
         if header is None or any(k not in header for k in row):
             header = list(header or []) + [k for k in row if k not in (header or [])]
@@ -99,7 +100,7 @@ class RunDir:
     def _rewrite_header(path: Path, header: list[str]) -> None:
         rows = []
         if path.exists():
-            with open(path, newline="", encoding="utf-8") as f:
+            with reading(path, "training log", LOG_FIX, CheckpointError), open(path, newline="", encoding="utf-8") as f:
                 rows = list(csv.DictReader(f))
         with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
@@ -112,10 +113,10 @@ class RunDir:
         path = self.path / f"{table}.csv"
         if not self.enabled or not path.exists():
             return
-        with open(path, newline="", encoding="utf-8") as f:
+        with reading(path, "training log", LOG_FIX, CheckpointError), open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             header, rows = reader.fieldnames or [], list(reader)
-        kept = [r for r in rows if not r.get(column) or float(r[column]) <= last]
+            kept = [r for r in rows if not r.get(column) or float(r[column]) <= last]
         if len(kept) == len(rows):
             return
         with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
