@@ -69,9 +69,9 @@ def files(tiny_world, tmp_path_factory) -> Path:
     save_file({"group.0.cls_ctx": torch.zeros(3, 4, 8), "token_prefix": torch.zeros(3, 1, 8)},
               str(root / "prompts.safetensors"), metadata={"progeo": json.dumps({"format": "progeo-prompts"})})
     classes = ClassTable("city", ["Oslo", "Kyoto"], ["Norway", "Japan"], np.array([59.9, 35.0]), np.array([10.7, 135.8]))
-    rng = np.random.default_rng(0)
+    rng, spec = np.random.default_rng(0), ModelSpec("tiny-rn", None, "tiny-rn", 4, "ab" * 20)
     LinearProbe(classes, rng.normal(size=(2, 4)).astype(np.float32), np.zeros(2, np.float32), np.zeros(4, np.float32),
-                np.ones(4, np.float32), ModelSpec("tiny-rn", None, "tiny-rn", 4, "ab" * 20), 1e-3, {1e-3: 0.9}).save(root / "probe")
+                np.ones(4, np.float32), spec, 1e-3, {1e-3: 0.9}).save(root / "probe")
     return root
 
 
@@ -82,6 +82,7 @@ def _commands(root: Path, world: Path, out: Path) -> dict[str, tuple[str, list[s
     localize = ["localize", photo, "--index", str(root / "index"), *FAST]
     saved = ["eval", "--descriptors", str(root / "saved"), "--out", str(out), *FAST]
     stage2 = ["train", "stage2", "--out-dir", str(out), "--device", "cpu", "--no-progress", "--no-tensorboard"]
+    probe = ["probe", "eval", "--probe", str(root / "probe"), "--images"]
     return {
         "model weights": ("model/model.safetensors", [*evaluate, "--model", str(root / "model")]),
         "model config": ("model/config.json", [*evaluate, "--model", str(root / "model")]),
@@ -102,16 +103,16 @@ def _commands(root: Path, world: Path, out: Path) -> dict[str, tuple[str, list[s
         "YAML config": ("stage2.yaml", [*stage2, "--config", str(root / "stage2.yaml")]),
         "run config": ("run/config.json", ["pretrain", "--resume", str(root / "run")]),
         "training state": ("run/checkpoints/state.safetensors", ["pretrain", "--resume", str(root / "run")]),
-        "prompts": ("prompts.safetensors", [*stage2, "--train-set", str(world / "train"), "--val-set", str(world / "val"),
-                                            "--backbone", "tiny-vit",
+        "prompts": ("prompts.safetensors", [*stage2, "--train-set", str(world / "train"), "--val-set",
+                                            str(world / "val"), "--backbone", "tiny-vit",
                                             "--groups-num", "1", "--prompts", str(root / "prompts.safetensors")]),
         "import-prompts input": ("checkpoint.pth", ["import-prompts", str(root / "checkpoint.pth"), "--out",
                                                     str(out / "p.safetensors")]),
         "import-checkpoint input": ("checkpoint.pth", ["import-checkpoint", str(root / "checkpoint.pth"), "--backbone",
                                                        "tiny-vit", "--out", str(out / "m")]),
-        "probe description": ("probe/probe.json", ["probe", "eval", "--probe", str(root / "probe"), "--images", test]),
-        "probe weights": ("probe/probe.safetensors", ["probe", "eval", "--probe", str(root / "probe"), "--images", test]),
-        "labels CSV": ("labels.csv", ["probe", "eval", "--probe", str(root / "probe"), "--images", str(root / "labels.csv")]),
+        "probe description": ("probe/probe.json", [*probe, test]),
+        "probe weights": ("probe/probe.safetensors", [*probe, test]),
+        "labels CSV": ("labels.csv", [*probe, str(root / "labels.csv")]),
         "templates": ("templates.txt", ["zeroshot", "--model", "tiny-rn", "--images", test, "--templates",
                                         str(root / "templates.txt"), "--device", "cpu", "--no-progress"]),
     }
@@ -152,7 +153,8 @@ def test_damaged_file_fails_with_one_line_naming_it(files, tiny_world, tmp_path,
     assert code == 2, err
     assert len(err.splitlines()) == 1 and "faiss::" not in err and "Traceback" not in err, err
     assert str(file) in err or f"{file.parent}" in err and file.name in err, err
-    assert any(word in err for word in ("again", "rebuild", "regenerate", "restore", "correct", "delete", "save it as", "quote")), err
+    fixes = ("again", "rebuild", "regenerate", "restore", "correct", "delete", "save it as", "quote")
+    assert any(word in err for word in fixes), err
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess:

@@ -202,5 +202,6 @@ def load_descriptors(
         with reading(utms_path, "descriptors' UTM coordinates", fix):
             utms = np.load(utms_path, mmap_mode="r" if mmap else None, allow_pickle=False)
         if utms.shape != (meta.count, 2):
-            raise unreadable(utms_path, "descriptors' UTM coordinates", f"shape {utms.shape}, expected {meta.count} x 2", fix)
+            raise unreadable(utms_path, "descriptors' UTM coordinates", f"shape {utms.shape}, expected {meta.count} x 2",
+                             fix)
     return SavedDescriptors(descriptors, paths, utms, meta)

@@ -69,8 +69,8 @@ def _save_coordinates(coords: DatabaseCoordinates, path: Path) -> None:
 
 def rebuild_advice(folder: Path, info: dict | None = None) -> str:
     """How to rebuild the index folder ``folder`` (with its model and database when ``info`` says them)."""
-    model = (info or {}).get("model", {}).get("ref") or "M"
-    return f"rebuild the index: `progeo index build --model {model} --database {(info or {}).get('database') or 'DIR'} --out {folder}`"
+    model, database = (info or {}).get("model", {}).get("ref") or "M", (info or {}).get("database") or "DIR"
+    return f"rebuild the index: `progeo index build --model {model} --database {database} --out {folder}`"
 
 
 def _load_coordinates(path: Path, paths: Sequence[str], fix: str) -> DatabaseCoordinates:

@@ -73,7 +73,8 @@ def load_file(path: str | Path, *, trust_pickle: bool = False, what: str = "chec
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_LenientPickle)
     except Exception as exc:
-        raise CheckpointError(f"{what} {path} could not be unpickled even with --trust-pickle: {short_reason(exc)}") from exc
+        raise CheckpointError(f"{what} {path} could not be unpickled even with --trust-pickle: "
+                              f"{short_reason(exc)}") from exc
 
 
 def to_state_dict(obj, *, path: str | Path = "?", what: str = "checkpoint") -> dict[str, torch.Tensor]:
