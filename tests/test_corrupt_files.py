@@ -211,3 +211,29 @@ def test_damaged_training_log_is_named_on_resume(tmp_path):
     with pytest.raises(CheckpointError, match=r"^training log .*epochs\.csv is unreadable: truncated or corrupt "
                                               r"\(not UTF-8 text: .*\); restore it from a copy, or delete it"):
         RunDir(tmp_path / "run", tensorboard=False).drop_rows_after("epochs", "epoch", 3)
+
+
+@pytest.mark.parametrize("how", ["truncated", "random"])
+def test_damaged_feature_caches_are_recomputed_with_a_warning(tiny_world, tmp_path, capsys, caplog, how):
+    """Caches are not errors: `progeo zeroshot` warns naming each damaged image / text feature
+    cache file, recomputes it and prints the same predictions."""
+    from safetensors.torch import save_file
+
+    from progeo.models.backbones import load_clip
+
+    torch.manual_seed(0)  # fixed weights, so that the second run looks for the same cache files
+    weights, cache = tmp_path / "clip.safetensors", tmp_path / "cache"
+    save_file({k: v.contiguous() for k, v in load_clip("tiny-rn").model.state_dict().items()}, str(weights))
+    argv = ["zeroshot", "--model", "tiny-rn", "--weights", str(weights), "--images", str(tiny_world / "test" / "queries"),
+            "--places", str(tiny_world), "--cache-dir", str(cache), "--device", "cpu", "--no-progress"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    caches = sorted(cache.rglob("*.npy"))
+    assert {f.name.split("-")[0] for f in caches} == {"tiny", "text"}, caches  # image and text features
+    for file in caches:
+        damage(file, how)
+    caplog.clear()
+    assert main(argv) == 0
+    assert capsys.readouterr().out == first
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert all(str(f) in warned for f in caches) and "recomputing" in warned, warned
