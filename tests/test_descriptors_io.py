@@ -79,13 +79,13 @@ def test_validation_errors_name_the_file(tmp_path):
     with pytest.raises(DatasetError, match=r"descriptors\.npy holds 8-d descriptors but the model gives 16-d"):
         load_descriptors(tmp_path, expected_dim=16)
     (tmp_path / "paths.txt").write_text("\n".join(paths[:-1]) + "\n")
-    with pytest.raises(DatasetError, match=r"paths\.txt lists 9 images but .* has 10"):
+    with pytest.raises(DatasetError, match=r"paths\.txt is unreadable: .*\(9 lines for 10 descriptors\); extract the"):
         load_descriptors(tmp_path)
     (tmp_path / "paths.txt").write_text("\n".join(paths) + "\n")
     meta = json.loads((tmp_path / "meta.json").read_text())
     meta["count"] = 11
     (tmp_path / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(DatasetError, match=r"descriptors\.npy has shape \(10, 8\) but .*meta\.json says 11 x 8"):
+    with pytest.raises(DatasetError, match=r"descriptors\.npy is unreadable: .*shape \(10, 8\), but meta\.json says 11 x 8"):
         load_descriptors(tmp_path)
     (tmp_path / "meta.json").unlink()
     with pytest.raises(DatasetError, match=r"meta\.json is missing"):

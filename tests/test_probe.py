@@ -120,7 +120,7 @@ def test_wrong_probe_files_are_clear_errors(tmp_path):
         load_probe(good)
     bad = _probe().save(tmp_path / "bad")
     (bad / "probe.safetensors").write_bytes(b"this is not safetensors")
-    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+    with pytest.raises(CheckpointError, match=r"probe weights .*probe.safetensors is unreadable.*progeo probe fit"):
         load_probe(bad)
     shapes = _probe().save(tmp_path / "shapes")
     meta = json.loads((shapes / "probe.json").read_text())

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from progeo.errors import is_read_error, short_reason
 from progeo.io import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,10 @@ def read_cached_npy(file: Path, key_data: dict[str, Any], rows: int, dtype, *, m
         if "sha1" in meta and array_sha1(array) != meta["sha1"]:
             log.warning("%s %s is corrupt (its checksum changed); recomputing it", what, file)
             return None
-    except (OSError, ValueError, EOFError, AttributeError) as exc:
-        log.warning("%s %s is unreadable (%s); recomputing it", what, file, exc)
+    except Exception as exc:
+        if not is_read_error(exc):
+            raise
+        log.warning("%s %s is unreadable (%s); recomputing it", what, file, short_reason(exc))
         return None
     log.info("reusing cached %s %s (%s)", what, file, " x ".join(map(str, array.shape)))
     return array

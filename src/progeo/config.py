@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
-from progeo.errors import ConfigError
+from progeo.errors import ConfigError, reading
 
 C = TypeVar("C")
 
@@ -258,13 +258,12 @@ def read_config_file(path: str | Path) -> dict:
 
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path} ({exc.strerror or exc}); check the --config path") from exc
-    try:
+    with reading(path, "config file", "correct it or give another config file", ConfigError):
+        text = raw.decode("utf-8-sig")
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"config file {path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from progeo.errors import DatasetError
+from progeo.errors import DatasetError, unreadable
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 PATHS_FILE_SUFFIX = "_images_paths.txt"
@@ -170,6 +170,9 @@ def read_paths_file(folder: str | os.PathLike, paths_file: str | os.PathLike | N
             f"text file with one image path per line, relative to {folder}, or delete it to walk "
             f"the folder instead"
         ) from exc
+    if b"\0" in buffer:  # no path holds a NUL byte: the file is binary (overwritten or not a list)
+        raise unreadable(paths_file, "image list", f"binary data at byte {buffer.index(0)}",
+                         f"regenerate it (progeo.data.image_lists.write_paths_file) or delete it to walk {folder}")
     starts, ends = _line_spans(buffer)
     if starts.size == 0:
         raise DatasetError(

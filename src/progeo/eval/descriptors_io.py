@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from progeo.errors import ConfigError, DatasetError
+from progeo.errors import ConfigError, DatasetError, reading, unreadable
 from progeo.io import atomic_path, new_temp_file, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -177,35 +177,30 @@ def load_descriptors(
     meta_path = folder / META_FILE
     if not meta_path.is_file():
         raise DatasetError(f"{meta_path} is missing: {folder} is not a complete descriptors folder, extract the descriptors again")
-    try:
+    fix = "extract the descriptors again (`progeo eval --model M --test-set DIR --save-descriptors OUT`)"
+    with reading(meta_path, "descriptors metadata", fix):
         raw = json.loads(meta_path.read_text(encoding="utf-8"))
         raw["image_size"] = tuple(raw["image_size"]) if raw["image_size"] is not None else None
         meta = DescriptorsMeta(**raw)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DatasetError(f"{meta_path} is not valid descriptors metadata ({exc}): extract the descriptors again") from exc
     array_path = folder / DESCRIPTORS_FILE
-    try:
-        descriptors = np.load(array_path, mmap_mode="r" if mmap else None)
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"cannot read {array_path} ({exc}): extract the descriptors again") from exc
+    with reading(array_path, "saved descriptors", fix):
+        descriptors = np.load(array_path, mmap_mode="r" if mmap else None, allow_pickle=False)
     if descriptors.ndim != 2 or descriptors.shape != (meta.count, meta.dim):
-        raise DatasetError(f"{array_path} has shape {descriptors.shape} but {meta_path} says {meta.count} x {meta.dim}: extract again")
+        raise unreadable(array_path, "saved descriptors", f"shape {descriptors.shape}, but {META_FILE} says "
+                         f"{meta.count} x {meta.dim}", fix)
     if expected_dim is not None and meta.dim != expected_dim:
         raise DatasetError(f"{array_path} holds {meta.dim}-d descriptors but the model gives {expected_dim}-d: use the same model or extract again")
     paths_path = folder / PATHS_FILE
-    try:
+    with reading(paths_path, "descriptors' image paths", fix):
         paths = paths_path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise DatasetError(f"cannot read {paths_path} ({exc}): extract the descriptors again") from exc
     if len(paths) != meta.count:
-        raise DatasetError(f"{paths_path} lists {len(paths)} images but {array_path} has {meta.count} descriptors: extract again")
+        raise unreadable(paths_path, "descriptors' image paths", f"{len(paths)} lines for {meta.count} descriptors", fix)
     utms = None
     if meta.has_utms:
         utms_path = folder / UTMS_FILE
-        try:
-            utms = np.load(utms_path, mmap_mode="r" if mmap else None)
-        except (OSError, ValueError) as exc:
-            raise DatasetError(f"cannot read {utms_path} ({exc}): extract the descriptors again") from exc
+        with reading(utms_path, "descriptors' UTM coordinates", fix):
+            utms = np.load(utms_path, mmap_mode="r" if mmap else None, allow_pickle=False)
         if utms.shape != (meta.count, 2):
-            raise DatasetError(f"{utms_path} has shape {utms.shape}, expected {meta.count} x 2: extract again")
+            raise unreadable(utms_path, "descriptors' UTM coordinates", f"shape {utms.shape}, expected {meta.count} x 2",
+                             fix)
     return SavedDescriptors(descriptors, paths, utms, meta)

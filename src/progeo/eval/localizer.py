@@ -36,7 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
-from progeo.errors import ConfigError, DatasetError
+from progeo.errors import ConfigError, DatasetError, advise, reading
 from progeo.eval.confidence import CONFIDENCE_DEPTH
 from progeo.eval.descriptors import describe_files
 from progeo.eval.localize_core import (DatabaseCoordinates, PhotoPrediction, cosine_scale_scores, predict_positions,
@@ -75,12 +75,16 @@ def _save_coordinates(coords: DatabaseCoordinates, path: Path) -> None:
                  zone_letter=coords.zone_letter.astype("S1"), lat=coords.lat, lon=coords.lon)
 
 
-def _load_coordinates(path: Path, paths: Sequence[str]) -> DatabaseCoordinates:
-    try:
+def rebuild_advice(folder: Path, info: dict | None = None) -> str:
+    """How to rebuild the index folder ``folder`` (with its model and database when ``info`` says them)."""
+    model, database = (info or {}).get("model", {}).get("ref") or "M", (info or {}).get("database") or "DIR"
+    return f"rebuild the index: `progeo index build --model {model} --database {database} --out {folder}`"
+
+
+def _load_coordinates(path: Path, paths: Sequence[str], fix: str) -> DatabaseCoordinates:
+    with reading(path, "index coordinates", fix):
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in ("east", "north", "zone_number", "zone_letter", "lat", "lon")}
-    except (OSError, ValueError, KeyError) as exc:
-        raise DatasetError(f"cannot read {path} ({exc}): rebuild the index with `progeo index build`") from exc
     return DatabaseCoordinates(**{**arrays, "zone_letter": arrays["zone_letter"].astype(str)}, paths=paths)
 
 
@@ -223,22 +227,27 @@ class Localizer:
         from progeo.eval.search import load_index
 
         path = Path(path)
-        try:
+        if not (path / INFO_FILE).is_file():
+            raise DatasetError(f"{path} is not a complete index folder (no {INFO_FILE}); "
+                               f"build it with `progeo index build --model M --database DIR --out {path}`")
+        with reading(path / INFO_FILE, "index description", rebuild_advice(path)):
             info = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise DatasetError(f"{path} is not a complete index folder ({INFO_FILE}: {exc}); "
-                               "build it with `progeo index build --model M --database DIR --out INDEX_DIR`") from exc
-        if info.get("format") != "progeo-index" or int(info.get("format_version", 0)) > FORMAT_VERSION:
-            raise DatasetError(f"{path / INFO_FILE} is not a progeo index of a version this progeo reads; rebuild it")
+            if info.get("format") != "progeo-index" or int(info.get("format_version", 0)) > FORMAT_VERSION:
+                raise DatasetError(f"{path / INFO_FILE} is not a progeo index of a version this progeo reads; "
+                                   f"{rebuild_advice(path, info)}")
+            saved_copy, model_ref, image_size = info["model"]["saved_copy"], info["model"]["ref"], info["image_size"]
+        fix = rebuild_advice(path, info)
         if model is None:
-            if not info["model"].get("saved_copy"):
-                raise ConfigError(f"the index {path} was built with a custom model {info['model'].get('ref')!r} that "
+            if not saved_copy:
+                raise ConfigError(f"the index {path} was built with a custom model {model_ref!r} that "
                                   "was not saved with it: pass it, Localizer.from_index(path, model=...)")
             from progeo.models import load_model
 
-            model = load_model(path / MODEL_DIR, device)
-        index, config = load_index(path / INDEX_FILE, mmap=mmap)
-        saved = load_descriptors(path / DESCRIPTORS_DIR)
+            with advise(fix):
+                model = load_model(path / MODEL_DIR, device)
+        with advise(fix):
+            index, config = load_index(path / INDEX_FILE, mmap=mmap)
+            saved = load_descriptors(path / DESCRIPTORS_DIR)
         paths = saved.paths
         if metric is not None and metric != config.search_metric:
             from progeo.eval.evaluate import build_database_index
@@ -248,8 +257,8 @@ class Localizer:
                         len(paths), metric, metric)
             config = IndexConfig(**{**asdict(config), "metric": metric})
             index = build_database_index(saved.descriptors, config, progress=options.get("progress", False))
-        coords = _load_coordinates(path / COORDINATES_FILE, paths)
-        return cls(model, index, coords, image_size=info["image_size"], resize_mode=info.get("resize_mode", "resize"),
+        coords = _load_coordinates(path / COORDINATES_FILE, paths, fix)
+        return cls(model, index, coords, image_size=image_size, resize_mode=info.get("resize_mode", "resize"),
                    device=device, metric=config.search_metric, **options)
 
     def localize(self, images, top_k: int = 5) -> list[PhotoPrediction]:

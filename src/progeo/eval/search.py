@@ -54,7 +54,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from progeo.errors import ConfigError, DatasetError
+from progeo.errors import ConfigError, DatasetError, reading, short_reason
 from progeo.io import atomic_path, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -312,12 +312,11 @@ def load_index(path: str | os.PathLike, mmap: bool = True) -> tuple[faiss.Index,
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DatasetError(f"index file {path} does not exist: build it first with `progeo index build`")
-    try:
+    fix = "rebuild the index with `progeo index build`"
+    with reading(config_path(path), "index config", fix):
         with open(config_path(path), encoding="utf-8") as f:
             meta = json.load(f)
         config = IndexConfig(**meta["config"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DatasetError(f"index config {config_path(path)} is missing or invalid ({exc}): rebuild the index") from exc
     index = None
     if mmap:
         # IO_FLAG_MMAP_IFC maps the codes of flat, scalar-quantizer, HNSW storage and IVF lists
@@ -325,12 +324,10 @@ def load_index(path: str | os.PathLike, mmap: bool = True) -> tuple[faiss.Index,
         try:
             index = faiss.read_index(path, getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP))
         except RuntimeError as exc:
-            logger.info("cannot memory-map %s (%s); reading it into memory", path, str(exc).splitlines()[0])
+            logger.debug("cannot memory-map %s (%s); reading it into memory", path, short_reason(exc))
     if index is None:
-        try:
+        with reading(path, "faiss index", fix):
             index = faiss.read_index(path)
-        except RuntimeError as exc:
-            raise DatasetError(f"cannot read index {path}: {str(exc).splitlines()[0]}; rebuild it") from exc
     if index.ntotal != meta.get("ntotal") or index.d != meta.get("dim"):
         raise DatasetError(
             f"index {path} has {index.ntotal} x {index.d} vectors but its config says "

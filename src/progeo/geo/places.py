@@ -28,7 +28,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from progeo.errors import ConfigError, DatasetError
+from progeo.errors import ConfigError, DatasetError, reading
 from progeo.geo.countries import country_code, country_key, country_name, suggest_countries
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,8 @@ def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """Header (lower-cased, stripped) and ``(line number, fields)`` rows; ragged rows are errors."""
     if not path.is_file():
         raise DatasetError(f"{path}: file not found; check the path")
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with reading(path, "CSV file", "save it as UTF-8 comma-separated text with a header line"), \
+            open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or not any(h.strip() for h in header):

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from progeo.errors import CheckpointError, ConfigError, DatasetError
+from progeo.errors import CheckpointError, ConfigError, DatasetError, reading
 from progeo.geo.features import ModelSpec
 from progeo.geo.labelled_images import LabelledImages, image_countries, match_places
 from progeo.geo.countries import country_key, country_name
@@ -276,22 +276,19 @@ def load_probe(path: str | os.PathLike) -> LinearProbe:
         raise CheckpointError(f"probe {path} not found; {fix}")
     if not meta_file.is_file() or not weights_file.is_file():
         raise CheckpointError(f"{path} is not a linear probe: it needs {WEIGHTS_NAME} and {META_NAME}; {fix}")
-    try:
+    refit = "fit it again with `progeo probe fit ... --out DIR`"
+    with reading(meta_file, "probe description", refit, CheckpointError):
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{meta_file} is not readable JSON ({exc}); {fix}") from exc
     if not isinstance(meta, dict) or meta.get("format") != PROBE_FORMAT:
         raise CheckpointError(f"{meta_file} is not a progeo linear probe description (format "
                               f"{meta.get('format') if isinstance(meta, dict) else None!r}); {fix}")
     if int(meta.get("version", 0)) > PROBE_VERSION:
         raise CheckpointError(f"{meta_file} has probe format version {meta['version']}; this progeo reads up to "
                               f"{PROBE_VERSION}: upgrade progeo")
-    try:
-        from safetensors.numpy import load_file
+    from safetensors.numpy import load_file
 
+    with reading(weights_file, "probe weights", refit, CheckpointError):
         tensors = load_file(str(weights_file))
-    except Exception as exc:  # safetensors raises its own error types for a corrupt or foreign file
-        raise CheckpointError(f"{weights_file} is not a readable safetensors file ({exc}); {fix}") from exc
     missing = [k for k in _TENSORS if k not in tensors]
     try:
         classes = ClassTable.from_json(meta["classes"], meta["level"], source=str(path))

@@ -16,7 +16,7 @@ import string
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from progeo.errors import ConfigError
+from progeo.errors import ConfigError, reading
 from progeo.geo.places import Place
 
 LEVELS = ("city", "country")
@@ -100,7 +100,9 @@ def load_templates(path: str | os.PathLike, level: str) -> tuple[str, ...]:
     if not path.is_file():
         raise ConfigError(f"{path}: template file not found; check the path")
     templates = []
-    for number, raw in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    with reading(path, "template file", "save it as UTF-8 text, one template per line", ConfigError):
+        text = path.read_text(encoding="utf-8-sig")
+    for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from progeo.device import resolve_device
-from progeo.errors import CheckpointError, ConfigError
+from progeo.errors import CheckpointError, ConfigError, reading
 from progeo.io import atomic_path, write_json_atomic
 from progeo.models.geolocalizer import GeoLocalizer, ModelConfig
 from progeo.models.state_dicts import check_state_dict
@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 METADATA_KEY = "progeo_config"
+#: What to do about a damaged saved model (an index folder's copy advises rebuilding the index instead).
+MODEL_FIX = ("restore it from a copy or save it again (the training run that wrote it, or "
+             "`progeo import-checkpoint` for an imported checkpoint)")
 
 
 def save_model(model: GeoLocalizer, path: str | Path, *, provenance: dict | None = None,
@@ -69,25 +72,28 @@ def _weights_and_config(path: Path) -> tuple[Path, dict]:
             have = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
             raise CheckpointError(f"{path} is not a saved progeo model: it needs {CONFIG_NAME} and {WEIGHTS_NAME} "
                                   f"(found: {have}); import foreign checkpoints with `progeo import-checkpoint`")
-        try:
-            return weights, json.loads(cfg_file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{cfg_file} is not valid JSON ({exc}); restore it or re-save the model") from exc
+        with reading(cfg_file, "model config", MODEL_FIX, CheckpointError):
+            return weights, _as_dict(json.loads(cfg_file.read_text(encoding="utf-8")))
     if not path.exists():
         raise CheckpointError(f"no saved model at {path}; give a model folder or .safetensors file "
                               "(to start from a CLIP backbone use progeo.build_model('RN50:openai'))")
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path} is not a progeo model (.safetensors file or folder); "
                               "convert a PyTorch checkpoint with `progeo import-checkpoint`")
-    try:
+    with reading(path, "saved model", MODEL_FIX, CheckpointError):
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-    except Exception as exc:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from exc
     if METADATA_KEY not in meta:
         raise CheckpointError(f"{path} has no '{METADATA_KEY}' metadata, so it is not a single-file progeo model; "
                               "convert it with `progeo import-checkpoint`")
-    return path, json.loads(meta[METADATA_KEY])
+    with reading(path, "saved model", MODEL_FIX, CheckpointError):
+        return path, _as_dict(json.loads(meta[METADATA_KEY]))
+
+
+def _as_dict(raw) -> dict:
+    if not isinstance(raw, dict):
+        raise TypeError(f"the config is a JSON {type(raw).__name__}, not an object")
+    return raw
 
 
 def read_model_config(path: str | Path) -> ModelConfig:
@@ -115,7 +121,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> GeoLocal
         model = GeoLocalizer.from_config(config)
     except ConfigError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
-    state = load_file(str(weights), device="cpu")
+    with reading(weights, "saved model weights", MODEL_FIX, CheckpointError):
+        state = load_file(str(weights), device="cpu")
     check_state_dict(model.state_dict(), state,
                      f"saved model {path} (config: {config.arch}, head {config.head}, fc_output_dim {config.fc_output_dim})")
     model.load_state_dict(state)

@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from progeo.errors import CheckpointError, ConfigError
+from progeo.errors import CheckpointError, ConfigError, reading
 from progeo.io import atomic_path
 
 DEFAULT_TEMPLATE = "A photo of a X X X X street."
@@ -195,12 +195,11 @@ def load_prompts(path: str | Path, text_encoder=None, architecture: str | None =
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"prompts file {path} does not exist; run stage 1 or `progeo import-prompts`")
-    try:
+    fix = "run stage 1 again (`progeo train stage1`) or convert the authors' prompts with `progeo import-prompts`"
+    with reading(path, "prompts file", fix, CheckpointError):
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("progeo", "{}"))
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (OSError, ValueError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"prompts file {path} is not a progeo prompts safetensors file ({exc})") from exc
     if meta.get("format") != PROMPTS_FORMAT:
         raise CheckpointError(f"{path} is not a progeo prompts file (no 'progeo' metadata); convert it with `progeo import-prompts`")
     groups = int(meta.get("groups_num", 0))

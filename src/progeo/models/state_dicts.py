@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from progeo.errors import CheckpointError
+from progeo.errors import CheckpointError, reading, short_reason, unreadable
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,12 @@ def load_file(path: str | Path, *, trust_pickle: bool = False, what: str = "chec
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} file {path} does not exist; check the path")
+    fix = "download or export it again"
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file as st_load
 
-        try:
+        with reading(path, what, fix, CheckpointError):
             return st_load(str(path), device="cpu")
-        except Exception as exc:
-            raise CheckpointError(f"{what} {path} is not a readable safetensors file ({exc}); re-export it") from exc
     if is_torchscript_archive(path):
         try:
             return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
@@ -61,18 +60,21 @@ def load_file(path: str | Path, *, trust_pickle: bool = False, what: str = "chec
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "global" not in str(exc).lower():  # not Python objects refused, but bytes that are no pickle
+            raise unreadable(path, what, "not a PyTorch file or pickle", fix, CheckpointError) from exc
         if not trust_pickle:
             raise CheckpointError(
                 f"{what} {path} is a pickle that holds Python objects, not only tensors; loading it can run "
                 f"arbitrary code. If you trust its origin, pass --trust-pickle (Python: trust_pickle=True)"
             ) from exc
     except Exception as exc:
-        raise CheckpointError(f"{what} {path} is not a PyTorch file that can be read ({exc}); check the file") from exc
+        raise unreadable(path, what, short_reason(exc), fix, CheckpointError) from exc
     log.warning("loading %s with full unpickling (--trust-pickle)", path)
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_LenientPickle)
     except Exception as exc:
-        raise CheckpointError(f"{what} {path} could not be unpickled even with --trust-pickle: {exc}") from exc
+        raise CheckpointError(f"{what} {path} could not be unpickled even with --trust-pickle: "
+                              f"{short_reason(exc)}") from exc
 
 
 def to_state_dict(obj, *, path: str | Path = "?", what: str = "checkpoint") -> dict[str, torch.Tensor]:

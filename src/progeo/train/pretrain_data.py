@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from progeo.device import autocast
-from progeo.errors import DatasetError
+from progeo.errors import DatasetError, reading
 
 HELD_OUT = ("val/", "test/")
+REGENERATE = "regenerate the world with `progeo synth`"
 
 
 def read_captions(world: Path, prefix: str = "train/") -> tuple[list[str], list[str]]:
@@ -25,7 +26,7 @@ def read_captions(world: Path, prefix: str = "train/") -> tuple[list[str], list[
         raise DatasetError(f"{path} does not exist; pretraining needs a synthetic world made by `progeo synth` "
                            "(captions.tsv: one 'path<TAB>caption' line per image)")
     paths, captions = [], []
-    with open(path, encoding="utf-8") as f:
+    with reading(path, "captions file", REGENERATE), open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             line = line.rstrip("\n")
             if not line:
@@ -46,7 +47,7 @@ def read_city_labels(world: Path) -> tuple[list[str], np.ndarray, list[tuple[str
     path = world / "labels.csv"
     if not path.is_file():
         raise DatasetError(f"{path} does not exist; it lists path,lat,lon,city,country of the world's images")
-    with open(path, newline="", encoding="utf-8") as f:
+    with reading(path, "labels file", REGENERATE), open(path, newline="", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if r.get("path", "").startswith(HELD_OUT)]
     missing = {"path", "city", "country"} - set(rows[0] if rows else {})
     if not rows or missing:

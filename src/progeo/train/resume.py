@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from progeo.errors import CheckpointError, ConfigError
+from progeo.errors import CheckpointError, ConfigError, reading
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +86,9 @@ def read_run_config(folder: str | os.PathLike, kind: str) -> dict:
     if not path.is_file():
         raise CheckpointError(f"--resume {folder}: no config.json there, so it is not a run folder (no training "
                               f"state to continue); {fix}")
-    try:
+    with reading(path, "run config", "restore it from a copy, or start a new run with another --out-dir",
+                 CheckpointError):
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"--resume {folder}: {path} cannot be read ({exc}); {fix}") from exc
     found = run_kind(config) if isinstance(config, dict) else None
     if found != kind:
         other = f"; resume it with `{KINDS[found][1]} --resume {folder}`" if found else ""

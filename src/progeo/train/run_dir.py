@@ -26,10 +26,11 @@ from typing import Any
 
 import torch
 
-from progeo.errors import CheckpointError
+from progeo.errors import CheckpointError, is_read_error, reading, short_reason
 from progeo.io import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
+LOG_FIX = "restore it from a copy, or delete it (the run then logs to a new one)"
 
 STATE_FORMAT = "progeo-training-state"
 _TENSOR = "__tensor__"
@@ -96,7 +97,7 @@ class RunDir:
         path = self.path / f"{table}.csv"
         header = self._headers.get(table)
         if header is None and path.exists():
-            with open(path, newline="", encoding="utf-8") as f:
+            with reading(path, "training log", LOG_FIX, CheckpointError), open(path, newline="", encoding="utf-8") as f:
                 header = next(csv.reader(f), None)
         if header is None or any(k not in header for k in row):
             header = list(header or []) + [k for k in row if k not in (header or [])]
@@ -113,7 +114,7 @@ class RunDir:
     def _rewrite_header(path: Path, header: list[str]) -> None:
         rows = []
         if path.exists():
-            with open(path, newline="", encoding="utf-8") as f:
+            with reading(path, "training log", LOG_FIX, CheckpointError), open(path, newline="", encoding="utf-8") as f:
                 rows = list(csv.DictReader(f))
         with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
@@ -126,10 +127,10 @@ class RunDir:
         path = self.path / f"{table}.csv"
         if not self.enabled or not path.exists():
             return
-        with open(path, newline="", encoding="utf-8") as f:
+        with reading(path, "training log", LOG_FIX, CheckpointError), open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             header, rows = reader.fieldnames or [], list(reader)
-        kept = [r for r in rows if not r.get(column) or float(r[column]) <= last]
+            kept = [r for r in rows if not r.get(column) or float(r[column]) <= last]
         if len(kept) == len(rows):
             return
         with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -142,8 +143,14 @@ class RunDir:
         if not self.enabled:
             return
         path = self.path / "metrics.json"
-        current = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-        current.update(metrics)
+        try:
+            current = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+            current.update(metrics)
+        except Exception as exc:
+            if not is_read_error(exc):
+                raise
+            log.warning("%s is unreadable (%s); writing a new one with the current metrics", path, short_reason(exc))
+            current = dict(metrics)
         write_json_atomic(path, current)
 
     def flush(self) -> None:
@@ -205,12 +212,12 @@ def load_state(path: str | os.PathLike, device: str | torch.device = "cpu") -> d
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no training state at {path}; give the folder of a run that saved a checkpoint")
-    try:
+    fix = "the run cannot continue from it: restore it from a copy, or start the run again with --overwrite"
+    with reading(path, "training state", fix, CheckpointError):
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:
-        raise CheckpointError(f"training state {path} cannot be read ({exc}); it may be truncated") from exc
     if meta.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} is not a progeo training state (format {meta.get('format')!r})")
-    return _unflatten(json.loads(meta["tree"]), tensors)
+    with reading(path, "training state", fix, CheckpointError):
+        return _unflatten(json.loads(meta["tree"]), tensors)
