@@ -298,8 +298,8 @@ class ImageBatches:
         for collated in loader:
             for batch in (collated if isinstance(collated, list) else [collated]):
                 for index, message in batch.errors:
-                    if self.on_bad_image == "fail":
-                        raise ImageDecodeError(message + _FAIL_FIX)
+                    if self.on_bad_image == "fail":  # a stale list's message carries its own fix
+                        raise ImageDecodeError(message if "the list is stale" in message else message + _FAIL_FIX)
                     logger.warning("left out (--on-bad-image skip): %s; replace or delete the file to include it",
                                    message)
                     self.skipped_indices.append(index)
