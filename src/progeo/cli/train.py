@@ -177,6 +177,8 @@ def _stage2(args: argparse.Namespace) -> int:
     if r.stopped:
         print(f"stopped after {r.iterations_done} iterations (stop_after); continue with --resume {r.run_dir}")
         return 0
+    if r.already_finished:
+        print(f"{r.run_dir} had already finished; nothing was trained or changed")
     print(f"best val R@1 {r.best_val_r1:.2f} at epoch {r.best_epoch}; best model: {r.best_model}; last: {r.last_model}")
     if r.test_recalls:
         rows = [(name, RecallResult({int(k[2:]): v for k, v in d.items() if k.startswith("R@")}, d["queries_num"],

@@ -1,0 +1,232 @@
+"""The one resumable training run behind pretraining, stage 1 and stage 2 (:func:`run_training`).
+
+A stage is a :class:`TrainingStage` subclass. Its class attributes say what it is (kind, name,
+what one step is called, its outputs and log tables, whether torchrun may run it); its
+constructor loads data and model from a :class:`RunContext`; it supplies only its steps and its
+state: :meth:`~TrainingStage.steps_in_epoch`, :meth:`~TrainingStage.begin_epoch` (learning rate,
+order of the epoch's batches), :meth:`~TrainingStage.train_step`, :meth:`~TrainingStage.end_epoch`
+(logs, evaluation), :meth:`~TrainingStage.state_dict` / :meth:`~TrainingStage.load_state_dict` and
+:meth:`~TrainingStage.finish` (outputs, metrics, the result). The engine does the rest:
+
+- the run folder: locked for the whole run, checked and prepared for a fresh run, ``overwrite``
+  or ``resume`` (:mod:`progeo.train.resume`); ``config.json``, CSV/TensorBoard logs (:class:`RunDir`);
+- the training state (the stage's ``state_dict`` + epoch, step, epoch losses, RNG states), written
+  atomically after every epoch and every ``checkpoint_every`` steps; a resumed run continues from
+  it exactly, and a finished run (``metrics.json`` says ``finished``) is left untouched;
+- ``stop_after`` (stop as if killed, nothing saved), SIGINT/SIGTERM (state saved at the current
+  step, the command that continues printed; :mod:`progeo.train.interrupt`), a NaN/inf loss (stop
+  before the update, the last good state kept; :func:`~progeo.train.loop.check_finite`);
+- one progress bar over all steps; under torchrun only rank 0 writes, and every rank stops at the
+  same step.
+
+The learning rate is each stage's pure function of its position (epoch, step), set in
+``begin_epoch``/``train_step``: a resumed run gets an uninterrupted run's values without any
+scheduler state (:func:`~progeo.train.loop.cosine_lr`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+
+from progeo.device import resolve_device
+from progeo.errors import ConfigError
+from progeo.train import ddp
+from progeo.train.interrupt import StopSignals
+from progeo.train.loop import check_finite, cpu_threads, seed_everything
+from progeo.train.resume import (load_training_state, prepare_out_dir, run_folder_lock, save_training_state,
+                                 state_mismatch)
+from progeo.train.run_dir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """Where a run stands; all but ``session_steps`` is saved in the training state."""
+
+    epoch: int = 0  # the epoch being trained
+    step: int = 0  # the next step of ``epoch``
+    losses: list[float] = field(default_factory=list)  # mean loss of every finished epoch
+    sums: dict[str, float] = field(default_factory=dict)  # sums of the step losses of ``epoch`` so far
+    session_steps: int = 0  # steps run by this call
+
+    def saved(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "step": self.step, "losses": self.losses, "sums": self.sums}
+
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any]) -> "Progress":
+        # states written before the engine: stage 2 counted "iteration"s, pretraining and stage 1 a loss "total"
+        sums = saved.get("sums", {"loss": saved.get("total", 0.0)})
+        return cls(int(saved["epoch"]), int(saved["step"] if "step" in saved else saved["iteration"]),
+                   [float(v) for v in saved.get("losses", [])], {k: float(v) for k, v in sums.items()})
+
+
+@dataclass
+class RunContext:
+    """What a stage is built from: the configuration, the run folder and where it runs."""
+
+    cfg: Any
+    run: RunDir
+    device: torch.device
+    info: ddp.DistInfo
+    resuming: bool  # a training state will be loaded (load_state_dict) after the constructor
+    started: float  # time.perf_counter() at the start of the call
+    progress: Progress = field(default_factory=Progress)  # kept up to date by the engine
+
+
+class TrainingStage:
+    """One training stage run by :func:`run_training` (see the module docstring)."""
+
+    kind: str  # "pretrain", "stage1", "stage2" (progeo.train.resume.KINDS)
+    name: str  # in messages: "stage 1"
+    unit: str = "step"  # what one step is called in messages: "batch", "iteration"
+    outputs: tuple[str, ...] = ()  # final files/folders in the run folder
+    tables: tuple[str, ...] = ("epochs",)  # CSV logs; "epochs" has an "epoch" column
+    distributed: bool = False  # torchrun may run it
+
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+
+    @classmethod
+    def finished(cls, folder: Path, metrics: dict) -> Any:
+        """The result of a run that had already finished (its ``metrics.json``); nothing is trained."""
+        raise NotImplementedError
+
+    @property
+    def epochs(self) -> int:
+        return self.ctx.cfg.epochs
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        raise NotImplementedError
+
+    def begin_epoch(self, epoch: int, step: int) -> None:
+        """Prepare ``epoch`` (training from its step ``step``, > 0 after a resume)."""
+
+    def train_step(self, epoch: int, step: int, finite: Callable[[torch.Tensor], float]) -> dict[str, float]:
+        """Run one step; call ``finite(loss)`` before updating the weights (it returns the loss, averaged over
+        processes, or stops the run on NaN). Returns the losses to average over the epoch, ``"loss"`` among them."""
+        raise NotImplementedError
+
+    def end_epoch(self, epoch: int, means: dict[str, float]) -> None:
+        """After the last step of ``epoch`` (``means``: its mean losses): log it, evaluate, save models."""
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def finish(self, stopped: bool) -> Any:
+        """Write the outputs and metrics (unless ``stopped`` by stop_after) and return the result."""
+        raise NotImplementedError
+
+
+def run_training(stage_cls: type[TrainingStage], cfg) -> Any:
+    """Run (or, with ``cfg.resume``, continue) ``stage_cls`` with ``cfg`` (already checked) to the end."""
+    if not stage_cls.distributed and ddp.launched_by_torchrun():
+        raise ConfigError(f"{stage_cls.name} runs in one process; start it without torchrun (only stage 2 is "
+                          "distributed)")
+    started = time.perf_counter()
+    info, device = ddp.init_distributed(resolve_device(cfg.device))
+    try:
+        with cpu_threads(cfg.threads), run_folder_lock(cfg, info, device), StopSignals(stage_cls.kind) as stop:
+            return _run(stage_cls, cfg, info, device, stop, started)  # rank 0 locks the run folder
+    finally:
+        ddp.cleanup(info)
+
+
+def _run(stage_cls, cfg, info: ddp.DistInfo, device: torch.device, stop: StopSignals, started: float) -> Any:
+    start = prepare_out_dir(cfg, stage_cls.kind, outputs=stage_cls.outputs, tables=stage_cls.tables,
+                            is_main=info.is_main)
+    if start.finished is not None:
+        return stage_cls.finished(start.path, start.finished)
+    ddp.barrier(info)  # every process has checked the folder before the main one writes to it
+    stop.run_dir, stop.resumable = start.path, bool(cfg.resume)
+    seed_everything(cfg.seed)
+    run = RunDir(start.path, enabled=info.is_main, tensorboard=cfg.tensorboard, replaces=start.replaced)
+    try:
+        ctx = RunContext(cfg, run, device, info, start.state_path is not None, started)
+        stage = stage_cls(ctx)
+        if start.state_path is not None:
+            saved = load_training_state(start.state_path, stage.kind)
+            try:
+                ctx.progress = Progress.from_saved(saved)
+                stage.load_state_dict(saved)
+            except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+                raise state_mismatch(start.state_path, exc) from exc
+            run.drop_rows_after("epochs", "epoch", ctx.progress.epoch - 1)
+            log.info("resuming %s at epoch %d, %s %d", run.path, ctx.progress.epoch, stage.unit, ctx.progress.step)
+        run.save_config(cfg)
+        stop.resumable = True
+        stopped = _train(stage, ctx, stop)
+        result = stage.finish(stopped)
+        if not stopped:
+            run.write_metrics({"finished": True})
+        return result
+    finally:
+        run.close()
+
+
+def _train(stage: TrainingStage, ctx: RunContext, stop: StopSignals) -> bool:
+    """Train to the last epoch: False then, True when ``stop_after`` stopped the run."""
+    cfg, run, p, info, device = ctx.cfg, ctx.run, ctx.progress, ctx.info, ctx.device
+
+    def save() -> None:
+        if info.is_main:
+            save_training_state(run.state_path, stage.kind, **p.saved(), **stage.state_dict())
+
+    def requested() -> bool:  # any process got a stop signal: all of them stop at the same step
+        return ddp.all_reduce_mean(1.0 if stop.requested else 0.0, info, device) > 0
+
+    def finite(loss: torch.Tensor) -> float:
+        return check_finite(ddp.all_reduce_mean(float(loss.detach()), info, device),
+                            where=f"{stage.name} epoch {p.epoch} {stage.unit} {p.step}",
+                            checkpoint=str(run.state_path) if run.state_path.exists() else None)
+
+    sizes = [stage.steps_in_epoch(e) for e in range(stage.epochs)]
+    bar = tqdm(total=sum(sizes), initial=sum(sizes[: p.epoch]) + p.step, desc=stage.name, unit=stage.unit,
+               disable=not (cfg.progress and info.is_main))
+    stop.deferring = True  # from here a first signal stops after the current step, with the state saved
+    try:
+        while p.epoch < stage.epochs:
+            epoch, n = p.epoch, sizes[p.epoch]
+            stage.begin_epoch(epoch, p.step)
+            while p.step < n:
+                losses = stage.train_step(epoch, p.step, finite)
+                for k, v in losses.items():
+                    p.sums[k] = p.sums.get(k, 0.0) + v
+                p.step += 1
+                p.session_steps += 1
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{losses['loss']:.4f}")
+                if cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0 and p.step < n:
+                    save()
+                if cfg.stop_after is not None and p.session_steps >= cfg.stop_after:
+                    log.warning("stop_after=%d reached: stopping as if the run had been killed", cfg.stop_after)
+                    return True
+                if p.step < n and requested():
+                    save()
+                    raise stop.stop(f"epoch {epoch}, {stage.unit} {p.step}", run.state_path)
+            means = {k: v / n for k, v in p.sums.items()}
+            p.losses.append(means.get("loss", math.nan))
+            stage.end_epoch(epoch, means)
+            run.flush()
+            p.epoch, p.step, p.sums = epoch + 1, 0, {}
+            save()  # after the epoch's log rows: a run killed in between redoes the epoch and its rows
+            if requested():
+                raise stop.stop(f"the end of epoch {epoch}", run.state_path)
+        return False
+    finally:
+        stop.deferring = False
+        bar.close()
+
+
+__all__ = ["Progress", "RunContext", "TrainingStage", "run_training"]
