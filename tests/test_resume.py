@@ -73,6 +73,12 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tiny_world, tmp_path, p
     assert resumed["best_r1"] == full["best_r1"] and resumed["history"] == full["history"]
     with open(tmp_path / "killed" / "epochs.csv", newline="") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["0", "1"]  # no duplicated rows after the resume
+    # a finished run resumed: said so, nothing evaluated or rewritten
+    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "killed").rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "stage2", "--resume", str(tmp_path / "killed")]) == 0
+    assert "had already finished; nothing was trained or changed" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "killed").rglob("*") if p.is_file()} == files
 
 
 def test_resume_without_a_state_is_explained(tiny_world, tmp_path, prompts):

@@ -1,27 +1,15 @@
 """The one resumable training run behind pretraining, stage 1 and stage 2 (:func:`run_training`).
 
-A stage is a :class:`TrainingStage` subclass. Its class attributes say what it is (kind, name,
-what one step is called, its outputs and log tables, whether torchrun may run it); its
-constructor loads data and model from a :class:`RunContext`; it supplies only its steps and its
-state: :meth:`~TrainingStage.steps_in_epoch`, :meth:`~TrainingStage.begin_epoch` (learning rate,
-order of the epoch's batches), :meth:`~TrainingStage.train_step`, :meth:`~TrainingStage.end_epoch`
-(logs, evaluation), :meth:`~TrainingStage.state_dict` / :meth:`~TrainingStage.load_state_dict` and
-:meth:`~TrainingStage.finish` (outputs, metrics, the result). The engine does the rest:
-
-- the run folder: locked for the whole run, checked and prepared for a fresh run, ``overwrite``
-  or ``resume`` (:mod:`progeo.train.resume`); ``config.json``, CSV/TensorBoard logs (:class:`RunDir`);
-- the training state (the stage's ``state_dict`` + epoch, step, epoch losses, RNG states), written
-  atomically after every epoch and every ``checkpoint_every`` steps; a resumed run continues from
-  it exactly, and a finished run (``metrics.json`` says ``finished``) is left untouched;
-- ``stop_after`` (stop as if killed, nothing saved), SIGINT/SIGTERM (state saved at the current
-  step, the command that continues printed; :mod:`progeo.train.interrupt`), a NaN/inf loss (stop
-  before the update, the last good state kept; :func:`~progeo.train.loop.check_finite`);
-- one progress bar over all steps; under torchrun only rank 0 writes, and every rank stops at the
-  same step.
-
-The learning rate is each stage's pure function of its position (epoch, step), set in
-``begin_epoch``/``train_step``: a resumed run gets an uninterrupted run's values without any
-scheduler state (:func:`~progeo.train.loop.cosine_lr`).
+A stage (:class:`TrainingStage`) supplies only its steps, its state and its outputs; the engine does
+the rest: the run folder (locked for the whole run; a fresh run, ``overwrite`` or ``resume``:
+:mod:`progeo.train.resume`; config and logs: :class:`RunDir`); the training state (the stage's
+``state_dict`` + epoch, step, epoch losses, RNG states), written atomically after every epoch and
+every ``checkpoint_every`` steps and continued exactly by a resumed run (a finished one is left
+untouched); ``stop_after`` (stop as if killed); SIGINT/SIGTERM (state saved at the current step,
+the command that continues printed: :mod:`progeo.train.interrupt`); a NaN/inf loss (stopped before
+the update, the last good state kept); one progress bar; under torchrun only rank 0 writes and
+every rank stops at the same step. A stage's learning rate is a pure function of (epoch, step)
+(:func:`~progeo.train.loop.cosine_lr`), so a resumed run needs no scheduler state to get the same.
 """
 
 from __future__ import annotations
@@ -37,12 +25,11 @@ import torch
 from tqdm import tqdm
 
 from progeo.device import resolve_device
-from progeo.errors import ConfigError
+from progeo.errors import CheckpointError, ConfigError
 from progeo.train import ddp
 from progeo.train.interrupt import StopSignals
 from progeo.train.loop import check_finite, cpu_threads, seed_everything
-from progeo.train.resume import (load_training_state, prepare_out_dir, run_folder_lock, save_training_state,
-                                 state_mismatch)
+from progeo.train.resume import load_training_state, prepare_out_dir, run_folder_lock, save_training_state
 from progeo.train.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -83,7 +70,7 @@ class RunContext:
 
 
 class TrainingStage:
-    """One training stage run by :func:`run_training` (see the module docstring)."""
+    """One training stage: class attributes say what it is, the constructor loads data and model."""
 
     kind: str  # "pretrain", "stage1", "stage2" (progeo.train.resume.KINDS)
     name: str  # in messages: "stage 1"
@@ -93,40 +80,37 @@ class TrainingStage:
     distributed: bool = False  # torchrun may run it
 
     def __init__(self, ctx: RunContext):
-        self.ctx = ctx
+        self.ctx, self.cfg, self.run, self.device, self.info = ctx, ctx.cfg, ctx.run, ctx.device, ctx.info
 
     @classmethod
     def finished(cls, folder: Path, metrics: dict) -> Any:
-        """The result of a run that had already finished (its ``metrics.json``); nothing is trained."""
-        raise NotImplementedError
+        """The result of a run that had already finished (from its ``metrics.json``)."""
 
     @property
     def epochs(self) -> int:
-        return self.ctx.cfg.epochs
+        return self.cfg.epochs
 
     def steps_in_epoch(self, epoch: int) -> int:
-        raise NotImplementedError
+        """The number of steps of ``epoch``."""
 
     def begin_epoch(self, epoch: int, step: int) -> None:
-        """Prepare ``epoch`` (training from its step ``step``, > 0 after a resume)."""
+        """Prepare ``epoch`` (learning rate, batch order), trained from ``step`` (> 0 after a resume)."""
 
     def train_step(self, epoch: int, step: int, finite: Callable[[torch.Tensor], float]) -> dict[str, float]:
-        """Run one step; call ``finite(loss)`` before updating the weights (it returns the loss, averaged over
-        processes, or stops the run on NaN). Returns the losses to average over the epoch, ``"loss"`` among them."""
-        raise NotImplementedError
+        """One step; ``finite(loss)`` before the update returns the loss (averaged over processes) or stops the
+        run on NaN. Returns the losses to average over the epoch, ``"loss"`` among them."""
 
     def end_epoch(self, epoch: int, means: dict[str, float]) -> None:
         """After the last step of ``epoch`` (``means``: its mean losses): log it, evaluate, save models."""
 
     def state_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """What the training state stores of the stage (tensors, numbers, lists, dicts)."""
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """Restore :meth:`state_dict` (``ctx.progress`` already restored)."""
 
     def finish(self, stopped: bool) -> Any:
         """Write the outputs and metrics (unless ``stopped`` by stop_after) and return the result."""
-        raise NotImplementedError
 
 
 def run_training(stage_cls: type[TrainingStage], cfg) -> Any:
@@ -144,8 +128,7 @@ def run_training(stage_cls: type[TrainingStage], cfg) -> Any:
 
 
 def _run(stage_cls, cfg, info: ddp.DistInfo, device: torch.device, stop: StopSignals, started: float) -> Any:
-    start = prepare_out_dir(cfg, stage_cls.kind, outputs=stage_cls.outputs, tables=stage_cls.tables,
-                            is_main=info.is_main)
+    start = prepare_out_dir(cfg, stage_cls.kind, outputs=stage_cls.outputs, tables=stage_cls.tables)
     if start.finished is not None:
         return stage_cls.finished(start.path, start.finished)
     ddp.barrier(info)  # every process has checked the folder before the main one writes to it
@@ -160,8 +143,10 @@ def _run(stage_cls, cfg, info: ddp.DistInfo, device: torch.device, stop: StopSig
             try:
                 ctx.progress = Progress.from_saved(saved)
                 stage.load_state_dict(saved)
-            except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-                raise state_mismatch(start.state_path, exc) from exc
+            except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # tensors that do not fit the model
+                raise CheckpointError(f"training state {start.state_path} does not fit this configuration ({exc}); "
+                                      "resume with the run's own config.json (same backbone, data and groups), or "
+                                      "start a new run with --out-dir") from exc
             run.drop_rows_after("epochs", "epoch", ctx.progress.epoch - 1)
             log.info("resuming %s at epoch %d, %s %d", run.path, ctx.progress.epoch, stage.unit, ctx.progress.step)
         run.save_config(cfg)

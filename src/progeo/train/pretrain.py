@@ -68,12 +68,6 @@ def _load_images(paths: list[str], size: int, cfg: PretrainConfig) -> torch.Tens
     return PreloadedImages(paths, size, np.arange(len(paths)), num_workers=cfg.num_workers, progress=cfg.progress).pixels
 
 
-def _load_images(paths: list[str], size: int, cfg: PretrainConfig) -> torch.Tensor:
-    from progeo.train.class_batches import PreloadedImages
-
-    return PreloadedImages(paths, size, np.arange(len(paths)), num_workers=cfg.num_workers, progress=cfg.progress).pixels
-
-
 def run_pretrain(cfg: PretrainConfig) -> PretrainResult:
     """Pretrain (or, with ``cfg.resume``, continue pretraining) a tiny CLIP on ``cfg.world``."""
     cfg.check()
@@ -93,7 +87,7 @@ class Pretraining(TrainingStage):
         from progeo.models.backbones import image_size_of, load_clip, set_image_size
 
         super().__init__(ctx)
-        cfg, world = ctx.cfg, Path(ctx.cfg.world)
+        cfg, world = self.cfg, Path(self.cfg.world)
         train_paths, captions = read_captions(world)
         if cfg.max_images is not None and cfg.max_images < len(train_paths):
             keep = np.sort(np.random.default_rng(cfg.seed).choice(len(train_paths), cfg.max_images, replace=False))
@@ -127,19 +121,18 @@ class Pretraining(TrainingStage):
                  "%.1f%%)", clip.arch, len(train_paths), cfg.image_size, self.before, 100 / len(self.classes))
 
     def zeroshot(self) -> np.ndarray:
-        cfg = self.ctx.cfg
         return zeroshot_accuracy(self.model, self.tokenizer, self.eval_images, self.eval_labels, self.classes,
-                                 cfg.zeroshot_template, self.mean, self.std, self.ctx.device, cfg.eval_batch_size)
+                                 self.cfg.zeroshot_template, self.mean, self.std, self.device, self.cfg.eval_batch_size)
 
     def steps_in_epoch(self, epoch: int) -> int:
         return self.steps
 
     def begin_epoch(self, epoch: int, step: int) -> None:
         self.model.train()
-        self.order = torch.randperm(len(self.tokens), generator=torch_generator(self.ctx.cfg.seed, epoch))
+        self.order = torch.randperm(len(self.tokens), generator=torch_generator(self.cfg.seed, epoch))
 
     def train_step(self, epoch, step, finite) -> dict[str, float]:
-        cfg, device, total = self.ctx.cfg, self.ctx.device, self.steps * self.ctx.cfg.epochs
+        cfg, device, total = self.cfg, self.device, self.steps * self.cfg.epochs
         set_lr(self.optimizer, cosine_lr(epoch * self.steps + step, total, cfg.lr,
                                          warmup=min(cfg.warmup_steps, total // 5)))
         idx = self.order[step * self.batch : (step + 1) * self.batch]
@@ -156,8 +149,8 @@ class Pretraining(TrainingStage):
         return {"loss": value}
 
     def end_epoch(self, epoch: int, means: dict[str, float]) -> None:
-        self.ctx.run.log("epochs", {"epoch": epoch, "loss": means["loss"],
-                                    "logit_scale": float(self.model.logit_scale.detach().exp())}, step=epoch)
+        scale = float(self.model.logit_scale.detach().exp())
+        self.run.log("epochs", {"epoch": epoch, "loss": means["loss"], "logit_scale": scale}, step=epoch)
 
     def state_dict(self) -> dict:
         return {"before": self.before, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
@@ -165,12 +158,11 @@ class Pretraining(TrainingStage):
     def load_state_dict(self, saved: dict) -> None:
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
-        optimizer_to(self.optimizer, self.ctx.device)
+        optimizer_to(self.optimizer, self.device)
         self.before = float(saved["before"])
 
     def finish(self, stopped: bool) -> PretrainResult:
-        run, losses, before = self.ctx.run, self.ctx.progress.losses, self.before
-        chance = 100.0 / len(self.classes)
+        run, losses, before, chance = self.run, self.ctx.progress.losses, self.before, 100.0 / len(self.classes)
         if stopped:
             return PretrainResult(None, run.path, before, float("nan"), chance, epoch_losses=losses,
                                   seconds=time.perf_counter() - self.ctx.started, stopped=True)
@@ -180,7 +172,7 @@ class Pretraining(TrainingStage):
         per_folder = {f: float(correct[folders == f].mean() * 100) for f in sorted(set(self.folders))}
         checkpoint = run.path / CHECKPOINT_NAME
         classes = [c for c, _ in self.classes]
-        meta = {"arch": self.arch, "image_size": self.ctx.cfg.image_size, "zeroshot_top1": after, "classes": classes}
+        meta = {"arch": self.arch, "image_size": self.cfg.image_size, "zeroshot_top1": after, "classes": classes}
         state = {k: v.detach().float().cpu().contiguous() for k, v in self.model.state_dict().items()}
         from safetensors.torch import save_file
 

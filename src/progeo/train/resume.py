@@ -163,8 +163,7 @@ def run_folder_lock(cfg, info=None, device=None):
         yield
 
 
-def prepare_out_dir(cfg, kind: str, *, outputs: tuple[str, ...] = (), tables: tuple[str, ...] = (),
-                    is_main: bool = True) -> RunStart:
+def prepare_out_dir(cfg, kind: str, *, outputs: tuple[str, ...] = (), tables: tuple[str, ...] = ()) -> RunStart:
     """Check ``cfg.out_dir`` (fresh run) or ``cfg.resume`` (see the module docstring) before a run writes.
 
     ``outputs``: the stage's final files/folders inside the run folder; ``tables``: its CSV logs.
@@ -233,12 +232,6 @@ def load_training_state(path: str | os.PathLike, kind: str) -> dict:
     return saved
 
 
-def state_mismatch(path: str | os.PathLike, exc: Exception) -> CheckpointError:
-    """The error for a training state whose tensors do not fit the model the configuration builds."""
-    return CheckpointError(f"training state {path} does not fit this configuration ({exc}); resume with the run's "
-                           "own config.json (same backbone, data and groups), or start a new run with --out-dir")
-
-
 __all__ = ["FREE_FIELDS", "RunStart", "check_same_run", "load_training_state", "prepare_out_dir",
-           "read_run_config", "run_folder_lock", "run_kind", "save_training_state", "state_mismatch"]
+           "read_run_config", "run_folder_lock", "run_kind", "save_training_state"]
 

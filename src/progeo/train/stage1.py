@@ -106,7 +106,7 @@ class Stage1(TrainingStage):
         from progeo.models.text_encoder import ClipTextEncoder
 
         super().__init__(ctx)
-        cfg, device = ctx.cfg, ctx.device
+        cfg, device = self.cfg, self.device
         train_set = TrainSet.open(cfg.train_set, cfg.groups_config(), cache_dir=cfg.groups_cache_dir)
         self.groups = train_set.first_groups(cfg.groups_num)
         self.clip = load_frozen_clip(cfg, device)
@@ -124,26 +124,26 @@ class Stage1(TrainingStage):
                  [len(g) for g in self.groups], self.feats.shape[0], cfg.epochs, cfg.batch_size, device)
 
     def steps_in_epoch(self, epoch: int) -> int:
-        return -(-len(self.per_group[epoch % self.ctx.cfg.groups_num][1]) // self.ctx.cfg.batch_size)
+        return -(-len(self.per_group[epoch % self.cfg.groups_num][1]) // self.cfg.batch_size)
 
     def begin_epoch(self, epoch: int, step: int) -> None:
-        cfg, g = self.ctx.cfg, epoch % self.ctx.cfg.groups_num
+        g = epoch % self.cfg.groups_num
         if g not in self.on_device:
             rows, labels = self.per_group[g]
-            self.on_device[g] = (torch.from_numpy(np.array(self.feats[rows])).to(self.ctx.device),
-                                 torch.from_numpy(labels).to(self.ctx.device))
-        self.lr = stage1_lr(epoch, cfg)
+            self.on_device[g] = (torch.from_numpy(np.array(self.feats[rows])).to(self.device),
+                                 torch.from_numpy(labels).to(self.device))
+        self.lr = stage1_lr(epoch, self.cfg)
         set_lr(self.optimizer, self.lr)
-        n = len(self.on_device[g][1])
-        self.order = torch.randperm(n, generator=torch_generator(cfg.seed, epoch)).to(self.ctx.device)
+        order = torch.randperm(len(self.on_device[g][1]), generator=torch_generator(self.cfg.seed, epoch))
+        self.order = order.to(self.device)
 
     def train_step(self, epoch, step, finite) -> dict[str, float]:
-        cfg = self.ctx.cfg
+        cfg = self.cfg
         x_all, y_all = self.on_device[epoch % cfg.groups_num]
         idx = self.order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
         x, y = x_all[idx].float(), y_all[idx]
         classes, inverse = torch.unique(y, return_inverse=True)  # each class's prompt encoded once
-        with autocast(self.ctx.device, enabled=cfg.amp):
+        with autocast(self.device, enabled=cfg.amp):
             text = self.learners[epoch % cfg.groups_num].text_features(self.text_encoder, classes)[inverse]
         loss = image_text_supcon(x, text.float(), y, tau=cfg.temperature, normalize=cfg.normalize_features)
         value = finite(loss)
@@ -154,8 +154,8 @@ class Stage1(TrainingStage):
         return {"loss": value}
 
     def end_epoch(self, epoch: int, means: dict[str, float]) -> None:
-        self.ctx.run.log("epochs", {"epoch": epoch, "group": epoch % self.ctx.cfg.groups_num, "loss": means["loss"],
-                                    "lr": self.lr}, step=epoch)
+        row = {"epoch": epoch, "group": epoch % self.cfg.groups_num, "loss": means["loss"], "lr": self.lr}
+        self.run.log("epochs", row, step=epoch)
 
     def state_dict(self) -> dict:
         return {"learners": [pl.state_dict() for pl in self.learners], "optimizer": self.optimizer.state_dict(),
@@ -169,14 +169,13 @@ class Stage1(TrainingStage):
         self.optimizer.load_state_dict(saved["optimizer"])
         if saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
-        optimizer_to(self.optimizer, self.ctx.device)
+        optimizer_to(self.optimizer, self.device)
 
     def finish(self, stopped: bool) -> Stage1Result:
         from progeo.cache import weights_fingerprint
         from progeo.models.prompts import save_prompts
 
-        cfg, run, losses = self.ctx.cfg, self.ctx.run, self.ctx.progress.losses
-        classes = [len(g) for g in self.groups]
+        cfg, run, losses, classes = self.cfg, self.run, self.ctx.progress.losses, [len(g) for g in self.groups]
         if stopped:
             return Stage1Result(None, run.path, losses, self.cache_file, self.hit, classes,
                                 time.perf_counter() - self.ctx.started, stopped=True)

@@ -73,19 +73,19 @@ class Stage2(TrainingStage):
 
     def __init__(self, ctx: RunContext):
         super().__init__(ctx)
-        self.parts: Stage2Parts = build_parts(ctx.cfg, ctx.device, ctx.info)
-        self.part = ddp.rank_slice(ctx.cfg.batch_size, ctx.info)
-        self.scaler = make_grad_scaler(ctx.device, ctx.cfg.amp)
+        self.parts: Stage2Parts = build_parts(self.cfg, self.device, self.info)
+        self.part = ddp.rank_slice(self.cfg.batch_size, self.info)
+        self.scaler = make_grad_scaler(self.device, self.cfg.amp)
         self.model = None  # parts.model, in DistributedDataParallel under torchrun (wrapped once restored)
         self.best_r1, self.best_epoch, self.history = -1.0, -1, []
 
     def steps_in_epoch(self, epoch: int) -> int:
-        return self.ctx.cfg.iterations_per_epoch
+        return self.cfg.iterations_per_epoch
 
     def begin_epoch(self, epoch: int, step: int) -> None:
-        cfg, parts, device, g = self.ctx.cfg, self.parts, self.ctx.device, epoch % self.ctx.cfg.groups_num
+        cfg, parts, device, g = self.cfg, self.parts, self.device, epoch % self.cfg.groups_num
         if self.model is None:
-            self.model = ddp.wrap_ddp(parts.model, self.ctx.info, device)
+            self.model = ddp.wrap_ddp(parts.model, self.info, device)
         self.classifier, self.classifier_optimizer = parts.classifiers[g], parts.classifier_optimizers[g]
         self.classifier.to(device)
         optimizer_to(self.classifier_optimizer, device)
@@ -96,7 +96,7 @@ class Stage2(TrainingStage):
         self.batches = iter(epoch_loader(dataset, cfg.num_workers, device.type == "cuda"))
 
     def train_step(self, epoch, step, finite) -> dict[str, float]:
-        cfg, parts, device = self.ctx.cfg, self.parts, self.ctx.device
+        cfg, parts, device = self.cfg, self.parts, self.device
         images, labels = next(self.batches)
         x = parts.augment(images.to(device, non_blocking=True), torch_generator(cfg.seed, epoch, step, 7),
                           part=self.part, total=cfg.batch_size)
@@ -114,21 +114,21 @@ class Stage2(TrainingStage):
         parts.optimizer.zero_grad(set_to_none=True)
         self.classifier_optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        ddp.all_reduce_mean_grads(self.classifier.parameters(), self.ctx.info)
+        ddp.all_reduce_mean_grads(self.classifier.parameters(), self.info)
         self.scaler.step(parts.optimizer)
         self.scaler.step(self.classifier_optimizer)
         self.scaler.update()
         values = {k: float(v.detach()) for k, v in losses.items()}
         if (step + 1) % max(1, cfg.iterations_per_epoch // 20) == 0:
             at = epoch * cfg.iterations_per_epoch + step + 1
-            self.ctx.run.log("iterations", {"step": at, "epoch": epoch, "iteration": step + 1, "loss": mean_loss,
+            self.run.log("iterations", {"step": at, "epoch": epoch, "iteration": step + 1, "loss": mean_loss,
                                             **values}, step=at)
         return {**values, "loss": mean_loss}
 
     def end_epoch(self, epoch: int, means: dict[str, float]) -> None:
         from progeo.models.checkpoints import save_model
 
-        cfg, parts, run, info, device = self.ctx.cfg, self.parts, self.ctx.run, self.ctx.info, self.ctx.device
+        cfg, parts, run, info, device = self.cfg, self.parts, self.run, self.info, self.device
         self.classifier.to("cpu")
         optimizer_to(self.classifier_optimizer, "cpu")
         self.batches = None
@@ -157,7 +157,7 @@ class Stage2(TrainingStage):
                 "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, saved: dict) -> None:
-        parts, cfg, at = self.parts, self.ctx.cfg, self.ctx.progress
+        parts, cfg, at = self.parts, self.cfg, self.ctx.progress
         parts.model.load_state_dict(saved["model"])
         parts.optimizer.load_state_dict(saved["optimizer"])
         if len(saved["classifiers"]) != len(parts.classifiers):
@@ -169,19 +169,19 @@ class Stage2(TrainingStage):
             optimizer_to(o, "cpu")
         if saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
-        optimizer_to(parts.optimizer, self.ctx.device)
+        optimizer_to(parts.optimizer, self.device)
         self.best_r1, self.best_epoch = float(saved["best_r1"]), int(saved["best_epoch"])
         self.history = list(saved.get("history", []))
-        self.ctx.run.drop_rows_after("iterations", "step", at.epoch * cfg.iterations_per_epoch + at.step)
+        self.run.drop_rows_after("iterations", "step", at.epoch * cfg.iterations_per_epoch + at.step)
 
     def finish(self, stopped: bool) -> Stage2Result:
-        cfg, run, info, at = self.ctx.cfg, self.ctx.run, self.ctx.info, self.ctx.progress
+        cfg, run, info, at = self.cfg, self.run, self.info, self.ctx.progress
         result = Stage2Result(run.path, run.path / BEST_NAME if self.best_epoch >= 0 else None,
                               run.path / LAST_NAME if at.epoch > 0 else None, self.best_r1, self.best_epoch,
                               self.history, epochs_done=at.epoch, iterations_done=at.session_steps,
                               stopped=stopped, model=self.parts.model, classifiers=self.parts.classifiers)
         if not stopped and info.is_main and cfg.test_set and result.best_model is not None:
-            result.test_recalls = _test(cfg, result.best_model, self.ctx.device)
+            result.test_recalls = _test(cfg, result.best_model, self.device)
         ddp.barrier(info)
         result.seconds = time.perf_counter() - self.ctx.started
         run.write_metrics({"stage": "stage2", "text_loss": cfg.text_loss, "best_val_R@1": self.best_r1,
