@@ -119,7 +119,8 @@ def run_training(stage_cls: type[TrainingStage], cfg) -> Any:
         raise ConfigError(f"{stage_cls.name} runs in one process; start it without torchrun (only stage 2 is "
                           "distributed)")
     started = time.perf_counter()
-    info, device = ddp.init_distributed(resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    info, device = ddp.init_distributed(device) if stage_cls.distributed else (ddp.DistInfo(), device)
     try:
         with cpu_threads(cfg.threads), run_folder_lock(cfg, info, device), StopSignals(stage_cls.kind) as stop:
             return _run(stage_cls, cfg, info, device, stop, started)  # rank 0 locks the run folder
