@@ -191,8 +191,8 @@ def _train(stage: TrainingStage, ctx: RunContext, stop: StopSignals) -> bool:
                     p.sums[k] = p.sums.get(k, 0.0) + v
                 p.step += 1
                 p.session_steps += 1
+                bar.set_postfix(epoch=epoch, loss=f"{losses['loss']:.4f}", refresh=False)
                 bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{losses['loss']:.4f}")
                 if cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0 and p.step < n:
                     save()
                 if cfg.stop_after is not None and p.session_steps >= cfg.stop_after:
