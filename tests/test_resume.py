@@ -64,15 +64,21 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tiny_world, tmp_path, p
     assert main(_flags(tiny_world, prompts, tmp_path / "killed", groups) + ["--checkpoint-every", "2", "--stop-after", "8"]) == 0
     assert "--resume" in capsys.readouterr().out
     saved = _final_state(tmp_path / "killed")
-    assert (saved["epoch"], saved["iteration"]) == (1, 2)
+    assert (saved["epoch"], saved["step"]) == (1, 2)
     assert main(["train", "stage2", "--resume", str(tmp_path / "killed")]) == 0  # options from the run's config.json
     full, resumed = _final_state(tmp_path / "full"), _final_state(tmp_path / "killed")
-    assert (resumed["epoch"], resumed["iteration"]) == (2, 0)
+    assert (resumed["epoch"], resumed["step"]) == (2, 0)
     for key in ("model", "optimizer", "classifiers", "classifier_optimizers"):
         _assert_same_tree(full[key], resumed[key], key)
     assert resumed["best_r1"] == full["best_r1"] and resumed["history"] == full["history"]
     with open(tmp_path / "killed" / "epochs.csv", newline="") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["0", "1"]  # no duplicated rows after the resume
+    # a finished run resumed: said so, nothing evaluated or rewritten
+    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "killed").rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "stage2", "--resume", str(tmp_path / "killed")]) == 0
+    assert "had already finished; nothing was trained or changed" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "killed").rglob("*") if p.is_file()} == files
 
 
 def test_resume_without_a_state_is_explained(tiny_world, tmp_path, prompts):

@@ -101,7 +101,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_world, tmp_path,
     with pytest.raises(TrainingDiverged, match=r"loss became nan at stage 2 epoch 0 iteration 3.*kept in .*state"):
         stage2.run_stage2(cfg)
     state = load_state(tmp_path / "stage2" / "checkpoints" / "state.safetensors")
-    assert (state["epoch"], state["iteration"]) == (0, 2)
+    assert (state["epoch"], state["step"]) == (0, 2)
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
 
 

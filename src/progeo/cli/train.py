@@ -130,10 +130,9 @@ def run_config(cls, args: argparse.Namespace, kind: str):
 
 
 def _stopped_or_finished(r) -> bool:
-    """Print the status of a pretraining / stage-1 run that stopped early or had finished before;
-    True when it stopped early (nothing more to report)."""
+    """Print the status of a run that stopped early or had finished before; True when it stopped early."""
     if r.stopped:
-        print(f"stopped early (stop_after) after {len(r.epoch_losses)} full epoch(s); resume with --resume {r.run_dir}")
+        print(f"stopped early (stop_after); continue with --resume {r.run_dir}")
         return True
     if r.already_finished:
         print(f"{r.run_dir} had already finished; nothing was trained or changed")
@@ -174,8 +173,7 @@ def _stage2(args: argparse.Namespace) -> int:
 
     cfg = run_config(Stage2Config, args, "stage2")
     r = run_stage2(cfg)
-    if r.stopped:
-        print(f"stopped after {r.iterations_done} iterations (stop_after); continue with --resume {r.run_dir}")
+    if _stopped_or_finished(r):
         return 0
     print(f"best val R@1 {r.best_val_r1:.2f} at epoch {r.best_epoch}; best model: {r.best_model}; last: {r.last_model}")
     if r.test_recalls:

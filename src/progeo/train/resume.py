@@ -27,7 +27,7 @@ import contextlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +46,6 @@ FREE_FIELDS = frozenset({
     "eval_batch_size", "preload_images", "preload_max_gib", "test_set", "test_queries"})
 PATH_FIELDS = frozenset({"world", "train_set", "val_set", "weights", "prompts"})
 STATE_FILE = Path("checkpoints") / "state.safetensors"
-
-
-class Stopped(Exception):
-    """Raised by a training loop when ``stop_after`` steps ran (a debug stand-in for a killed run)."""
 
 
 def _config_classes() -> dict[str, type]:
@@ -167,8 +163,7 @@ def run_folder_lock(cfg, info=None, device=None):
         yield
 
 
-def prepare_out_dir(cfg, kind: str, *, outputs: tuple[str, ...] = (), tables: tuple[str, ...] = (),
-                    is_main: bool = True) -> RunStart:
+def prepare_out_dir(cfg, kind: str, *, outputs: tuple[str, ...] = (), tables: tuple[str, ...] = ()) -> RunStart:
     """Check ``cfg.out_dir`` (fresh run) or ``cfg.resume`` (see the module docstring) before a run writes.
 
     ``outputs``: the stage's final files/folders inside the run folder; ``tables``: its CSV logs.
@@ -230,38 +225,13 @@ def load_training_state(path: str | os.PathLike, kind: str) -> dict:
     from progeo.train.run_dir import load_state
 
     saved = load_state(path)
-    if saved.get("kind") != kind:
+    if saved.get("kind", "stage2") != kind:  # stage 2 wrote no kind before the run engine
         raise CheckpointError(f"{path} is the training state of {_describe(saved.get('kind'))}, not of "
                               f"{_describe(kind)}; resume the folder with the command that made it")
     set_rng_state(saved.get("rng", {}), saved.get("rng_tensors", {}))
     return saved
 
 
-def state_mismatch(path: str | os.PathLike, exc: Exception) -> CheckpointError:
-    """The error for a training state whose tensors do not fit the model the configuration builds."""
-    return CheckpointError(f"training state {path} does not fit this configuration ({exc}); resume with the run's "
-                           "own config.json (same backbone, data and groups), or start a new run with --out-dir")
+__all__ = ["FREE_FIELDS", "RunStart", "check_same_run", "load_training_state", "prepare_out_dir",
+           "read_run_config", "run_folder_lock", "run_kind", "save_training_state"]
 
-
-__all__ = ["FREE_FIELDS", "RunStart", "Stopped", "check_same_run", "load_training_state", "prepare_out_dir",
-           "read_run_config", "run_folder_lock", "run_kind", "save_training_state", "state_mismatch"]
-
-
-@dataclass
-class EpochProgress:
-    """Where a resumable epoch loop stands (pretraining, stage 1); all but ``session_steps`` is saved."""
-
-    epoch: int = 0  # the epoch being trained
-    step: int = 0  # next step (batch) of ``epoch``
-    losses: list[float] = field(default_factory=list)  # mean loss of every finished epoch
-    total: float = 0.0  # loss sum of the steps done in ``epoch``
-    session_steps: int = 0  # steps run by this call (not saved)
-
-    def saved(self) -> dict[str, Any]:
-        """What :func:`save_training_state` stores of it."""
-        return {"epoch": self.epoch, "step": self.step, "losses": self.losses, "total": self.total}
-
-    @classmethod
-    def from_saved(cls, saved: dict[str, Any], **extra: Any) -> "EpochProgress":
-        return cls(int(saved["epoch"]), int(saved["step"]), [float(v) for v in saved["losses"]],
-                   float(saved["total"]), **extra)

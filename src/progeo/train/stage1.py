@@ -10,11 +10,8 @@ group with ``T_max = epochs // groups_num``, stepped after each of its epochs);
 ``lr_schedule="global"`` gives one cosine over all epochs instead (:func:`stage1_lr`). The
 result is one prompts file (``RUN/prompts.safetensors``) for stage 2.
 
-The resumable training state (``RUN/checkpoints/state.safetensors``: prompt learners, Adam, RNG,
-epoch, batch, losses) is written atomically after every epoch and every ``checkpoint_every``
-batches; ``resume=RUN`` continues it exactly (:mod:`progeo.train.resume`). SIGINT/SIGTERM save the
-state after the current batch and raise :class:`~progeo.train.interrupt.Interrupted` with the command
-that continues the run (:mod:`progeo.train.interrupt`).
+The resumable training state (prompt learners, Adam, grad scaler) and everything around the
+batches (resume, stop_after, signals, NaN stop) are the run engine's (:mod:`progeo.train.engine`).
 """
 
 from __future__ import annotations
@@ -26,18 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from progeo.config import Stage1Config
-from progeo.device import autocast, resolve_device
+from progeo.device import autocast
 from progeo.errors import ConfigError
 from progeo.losses import image_text_supcon
-from progeo.train.loop import (check_finite, cosine_lr, make_grad_scaler, optimizer_to, seed_everything, set_lr,
-                               torch_generator)
-from progeo.train.interrupt import StopSignals
-from progeo.train.resume import (EpochProgress, Stopped, load_training_state, prepare_out_dir, run_folder_lock,
-                                 save_training_state, state_mismatch)
-from progeo.train.run_dir import RunDir
+from progeo.train.engine import RunContext, TrainingStage, run_training
+from progeo.train.loop import cosine_lr, make_grad_scaler, optimizer_to, set_lr, torch_generator
 
 log = logging.getLogger(__name__)
 
@@ -83,82 +75,12 @@ def group_features(clip, groups, cfg: Stage1Config, device: torch.device):
     return feats, per_group, file, hit
 
 
-
 def run_stage1(cfg: Stage1Config) -> Stage1Result:
     """Train (or, with ``cfg.resume``, continue) the prompts of ``cfg.groups_num`` groups."""
-    from progeo.train.ddp import launched_by_torchrun
-    from progeo.train.loop import cpu_threads
-
     cfg.check()
-    if launched_by_torchrun():
-        raise ConfigError("stage 1 runs in one process; start it without torchrun (only stage 2 is distributed)")
     if not cfg.train_set:
         raise ConfigError("stage 1 needs a training folder: --train-set FOLDER (train_set in a config file)")
-    with cpu_threads(cfg.threads), run_folder_lock(cfg), StopSignals("stage1") as stop:
-        return _stage1(cfg, stop)
-
-
-def _stage1(cfg: Stage1Config, stop: StopSignals) -> Stage1Result:
-    from progeo.data.train_sets import TrainSet
-    from progeo.models.prompts import PromptLearner
-    from progeo.models.text_encoder import ClipTextEncoder
-
-    t0 = time.perf_counter()
-    start = prepare_out_dir(cfg, "stage1", outputs=(PROMPTS_NAME,), tables=("epochs",))
-    if start.finished is not None:
-        return _finished(start.path, start.finished)
-    stop.run_dir, stop.resumable = start.path, bool(cfg.resume)
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-    run = RunDir(start.path, tensorboard=cfg.tensorboard, replaces=start.replaced)
-
-    train_set = TrainSet.open(cfg.train_set, cfg.groups_config(), cache_dir=cfg.groups_cache_dir)
-    groups = train_set.first_groups(cfg.groups_num)
-    clip = load_frozen_clip(cfg, device)
-    feats, per_group, cache_file, hit = group_features(clip, groups, cfg, device)
-
-    text_encoder = ClipTextEncoder.from_clip(clip).to(device)
-    tokenizer = clip.tokenizer()
-    torch.manual_seed(cfg.seed)
-    learners = [PromptLearner.from_template(len(g), text_encoder, tokenizer, cfg.template).to(device) for g in groups]
-    params = [p for pl in learners for p in pl.parameters()]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scaler = make_grad_scaler(device, cfg.amp)
-    progress = EpochProgress()
-    if start.state_path is not None:
-        progress = _restore(start.state_path, learners, optimizer, scaler, device)
-        run.drop_rows_after("epochs", "epoch", progress.epoch - 1)
-        log.info("resuming %s at epoch %d, batch %d", run.path, progress.epoch, progress.step)
-    run.save_config(cfg)
-    stop.resumable = True
-    log.info("stage 1: %d group(s), %s classes, %d images, %d epochs, batch %d on %s", len(groups),
-             [len(g) for g in groups], feats.shape[0], cfg.epochs, cfg.batch_size, device)
-
-    on_device: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    bar = tqdm(total=cfg.epochs, initial=progress.epoch, desc="stage 1", unit="epoch", disable=not cfg.progress)
-    stop.deferring = True  # from here a first signal stops after the current batch, with the state saved
-    try:
-        while progress.epoch < cfg.epochs:
-            g = progress.epoch % cfg.groups_num
-            if g not in on_device:
-                rows, labels = per_group[g]
-                on_device[g] = (torch.from_numpy(np.array(feats[rows])).to(device), torch.from_numpy(labels).to(device))
-            _train_epoch(cfg, progress, learners[g], text_encoder, optimizer, scaler, on_device[g], run,
-                         (learners, optimizer, scaler), device, stop)
-            bar.update(1)
-            bar.set_postfix(loss=f"{progress.losses[-1]:.4f}")
-    except Stopped:
-        log.warning("stop_after=%d reached: stopping as if the run had been killed", cfg.stop_after)
-        run.close()
-        return Stage1Result(None, run.path, progress.losses, cache_file, hit, [len(g) for g in groups],
-                            time.perf_counter() - t0, stopped=True)
-    except BaseException:
-        run.close()
-        raise
-    finally:
-        stop.deferring = False
-        bar.close()
-    return _finish(cfg, run, clip, learners, groups, progress.losses, feats.shape[0], cache_file, hit, t0)
+    return run_training(Stage1, cfg)
 
 
 def stage1_lr(epoch: int, cfg: Stage1Config) -> float:
@@ -173,95 +95,108 @@ def stage1_lr(epoch: int, cfg: Stage1Config) -> float:
     return cosine_lr(epoch // cfg.groups_num, max(1, cfg.epochs // cfg.groups_num), cfg.lr)
 
 
-def _train_epoch(cfg: Stage1Config, progress: EpochProgress, learner, text_encoder, optimizer, scaler, data, run: RunDir,
-                 saved, device: torch.device, stop: StopSignals) -> None:
-    """Train group ``epoch mod groups_num`` for one epoch (from batch ``progress.step``), saving the state;
-    after a stop signal, save it at the current batch and raise :class:`~progeo.train.interrupt.Interrupted`."""
-    x_all, y_all = data
-    epoch = progress.epoch
-    lr = stage1_lr(epoch, cfg)
-    set_lr(optimizer, lr)
-    order = torch.randperm(len(y_all), generator=torch_generator(cfg.seed, epoch)).to(device)
-    n_batches = -(-len(order) // cfg.batch_size)
-    while progress.step < n_batches:
-        idx = order[progress.step * cfg.batch_size : (progress.step + 1) * cfg.batch_size]
+class Stage1(TrainingStage):
+    """Stage 1 as a :class:`~progeo.train.engine.TrainingStage`: epoch ``e`` trains group ``e mod groups_num``."""
+
+    kind, name, unit, outputs = "stage1", "stage 1", "batch", (PROMPTS_NAME,)
+
+    def __init__(self, ctx: RunContext):
+        from progeo.data.train_sets import TrainSet
+        from progeo.models.prompts import PromptLearner
+        from progeo.models.text_encoder import ClipTextEncoder
+
+        super().__init__(ctx)
+        cfg, device = self.cfg, self.device
+        train_set = TrainSet.open(cfg.train_set, cfg.groups_config(), cache_dir=cfg.groups_cache_dir)
+        self.groups = train_set.first_groups(cfg.groups_num)
+        self.clip = load_frozen_clip(cfg, device)
+        self.feats, self.per_group, self.cache_file, self.hit = group_features(self.clip, self.groups, cfg, device)
+        self.text_encoder = ClipTextEncoder.from_clip(self.clip).to(device)
+        tokenizer = self.clip.tokenizer()
+        torch.manual_seed(cfg.seed)
+        self.learners = [PromptLearner.from_template(len(g), self.text_encoder, tokenizer, cfg.template).to(device)
+                         for g in self.groups]
+        self.optimizer = torch.optim.Adam([p for pl in self.learners for p in pl.parameters()], lr=cfg.lr,
+                                          weight_decay=cfg.weight_decay)
+        self.scaler = make_grad_scaler(device, cfg.amp)
+        self.on_device: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        log.info("stage 1: %d group(s), %s classes, %d images, %d epochs, batch %d on %s", len(self.groups),
+                 [len(g) for g in self.groups], self.feats.shape[0], cfg.epochs, cfg.batch_size, device)
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        return -(-len(self.per_group[epoch % self.cfg.groups_num][1]) // self.cfg.batch_size)
+
+    def begin_epoch(self, epoch: int, step: int) -> None:
+        g = epoch % self.cfg.groups_num
+        if g not in self.on_device:
+            rows, labels = self.per_group[g]
+            self.on_device[g] = (torch.from_numpy(np.array(self.feats[rows])).to(self.device),
+                                 torch.from_numpy(labels).to(self.device))
+        self.lr = stage1_lr(epoch, self.cfg)
+        set_lr(self.optimizer, self.lr)
+        order = torch.randperm(len(self.on_device[g][1]), generator=torch_generator(self.cfg.seed, epoch))
+        self.order = order.to(self.device)
+
+    def train_step(self, epoch, step, finite) -> dict[str, float]:
+        cfg = self.cfg
+        x_all, y_all = self.on_device[epoch % cfg.groups_num]
+        idx = self.order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
         x, y = x_all[idx].float(), y_all[idx]
         classes, inverse = torch.unique(y, return_inverse=True)  # each class's prompt encoded once
-        with autocast(device, enabled=cfg.amp):
-            text = learner.text_features(text_encoder, classes)[inverse]
+        with autocast(self.device, enabled=cfg.amp):
+            text = self.learners[epoch % cfg.groups_num].text_features(self.text_encoder, classes)[inverse]
         loss = image_text_supcon(x, text.float(), y, tau=cfg.temperature, normalize=cfg.normalize_features)
-        value = check_finite(loss, where=f"stage 1 epoch {epoch} batch {progress.step}",
-                             checkpoint=str(run.state_path) if run.state_path.exists() else None)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        progress.total += value
-        progress.step += 1
-        progress.session_steps += 1
-        if cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0 and progress.step < n_batches:
-            _save(run, progress, *saved)
-        if cfg.stop_after is not None and progress.session_steps >= cfg.stop_after:
-            raise Stopped()
-        if stop.requested and progress.step < n_batches:
-            _save(run, progress, *saved)
-            raise stop.stop(f"epoch {epoch}, batch {progress.step}", run.state_path)
-    progress.losses.append(progress.total / max(n_batches, 1))
-    run.log("epochs", {"epoch": epoch, "group": epoch % cfg.groups_num, "loss": progress.losses[-1], "lr": lr},
-            step=epoch)
-    run.flush()
-    progress.epoch, progress.step, progress.total = epoch + 1, 0, 0.0
-    _save(run, progress, *saved)  # after the log row: a run killed in between redoes the epoch and its row
-    if stop.requested:
-        raise stop.stop(f"the end of epoch {epoch}", run.state_path)
+        value = finite(loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {"loss": value}
 
+    def end_epoch(self, epoch: int, means: dict[str, float]) -> None:
+        row = {"epoch": epoch, "group": epoch % self.cfg.groups_num, "loss": means["loss"], "lr": self.lr}
+        self.run.log("epochs", row, step=epoch)
 
-def _save(run: RunDir, progress: EpochProgress, learners, optimizer, scaler) -> None:
-    save_training_state(run.state_path, "stage1", **progress.saved(), learners=[pl.state_dict() for pl in learners],
-                        optimizer=optimizer.state_dict(), scaler=scaler.state_dict())
+    def state_dict(self) -> dict:
+        return {"learners": [pl.state_dict() for pl in self.learners], "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict()}
 
-
-def _restore(path: Path, learners, optimizer, scaler, device: torch.device) -> EpochProgress:
-    saved = load_training_state(path, "stage1")
-    try:
-        if len(saved["learners"]) != len(learners):
-            raise ValueError(f"{len(saved['learners'])} groups of prompts saved, {len(learners)} now")
-        for pl, state in zip(learners, saved["learners"]):
+    def load_state_dict(self, saved: dict) -> None:
+        if len(saved["learners"]) != len(self.learners):
+            raise ValueError(f"{len(saved['learners'])} groups of prompts saved, {len(self.learners)} now")
+        for pl, state in zip(self.learners, saved["learners"]):
             pl.load_state_dict(state)
-        optimizer.load_state_dict(saved["optimizer"])
+        self.optimizer.load_state_dict(saved["optimizer"])
         if saved.get("scaler"):
-            scaler.load_state_dict(saved["scaler"])
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise state_mismatch(path, exc) from exc
-    optimizer_to(optimizer, device)
-    return EpochProgress.from_saved(saved)
+            self.scaler.load_state_dict(saved["scaler"])
+        optimizer_to(self.optimizer, self.device)
 
+    def finish(self, stopped: bool) -> Stage1Result:
+        from progeo.cache import weights_fingerprint
+        from progeo.models.prompts import save_prompts
 
-def _finish(cfg: Stage1Config, run: RunDir, clip, learners, groups, losses: list[float], images: int, cache_file,
-            hit: bool, t0: float) -> Stage1Result:
-    from progeo.models.prompts import save_prompts
-    from progeo.cache import weights_fingerprint
+        cfg, run, losses, classes = self.cfg, self.run, self.ctx.progress.losses, [len(g) for g in self.groups]
+        if stopped:
+            return Stage1Result(None, run.path, losses, self.cache_file, self.hit, classes,
+                                time.perf_counter() - self.ctx.started, stopped=True)
+        prompts_path = run.path / PROMPTS_NAME
+        extra = {"backbone": cfg.backbone, "weights": cfg.weights,
+                 "image_weights_sha1": weights_fingerprint(self.clip.visual),
+                 "train_set": str(Path(cfg.train_set).resolve()), "groups": {k: getattr(cfg, k) for k in
+                 ("M", "alpha", "N", "L", "min_images_per_class")}, "epochs": cfg.epochs, "final_loss": losses[-1]}
+        save_prompts(prompts_path, self.learners, architecture=self.clip.arch, extra={"provenance": extra})
+        seconds = time.perf_counter() - self.ctx.started
+        run.write_metrics({"stage": "stage1", "first_loss": losses[0], "final_loss": losses[-1], "epochs": cfg.epochs,
+                           "epoch_losses": losses, "classes_per_group": classes, "images": int(self.feats.shape[0]),
+                           "feature_cache": str(self.cache_file), "feature_cache_hit": self.hit, "seconds": seconds,
+                           "prompts": str(prompts_path)})
+        log.info("stage 1 done in %.1f s: loss %.4f -> %.4f; prompts in %s", seconds, losses[0], losses[-1],
+                 prompts_path)
+        return Stage1Result(prompts_path, run.path, losses, self.cache_file, self.hit, classes, seconds)
 
-    prompts_path = run.path / PROMPTS_NAME
-    extra = {"backbone": cfg.backbone, "weights": cfg.weights, "image_weights_sha1": weights_fingerprint(clip.visual),
-             "train_set": str(Path(cfg.train_set).resolve()), "groups": {k: getattr(cfg, k) for k in
-             ("M", "alpha", "N", "L", "min_images_per_class")}, "epochs": cfg.epochs,
-             "final_loss": losses[-1] if losses else None}
-    save_prompts(prompts_path, learners, architecture=clip.arch, extra={"provenance": extra})
-    seconds = time.perf_counter() - t0
-    classes = [len(g) for g in groups]
-    run.write_metrics({"stage": "stage1", "first_loss": losses[0] if losses else None,
-                       "final_loss": losses[-1] if losses else None, "epochs": cfg.epochs, "epoch_losses": losses,
-                       "classes_per_group": classes, "images": int(images), "feature_cache": str(cache_file),
-                       "feature_cache_hit": hit, "seconds": seconds, "prompts": str(prompts_path), "finished": True})
-    run.close()
-    log.info("stage 1 done in %.1f s: loss %.4f -> %.4f; prompts in %s", seconds, losses[0], losses[-1], prompts_path)
-    return Stage1Result(prompts_path, run.path, losses, cache_file, hit, classes, seconds)
-
-
-def _finished(folder: Path, metrics: dict) -> Stage1Result:
-    """The result of a run that had already finished (nothing is trained or written)."""
-    cache = metrics.get("feature_cache")
-    return Stage1Result(folder / PROMPTS_NAME, folder, list(metrics.get("epoch_losses", [])),
-                        Path(cache) if cache else None, bool(metrics.get("feature_cache_hit")),
-                        list(metrics.get("classes_per_group", [])), already_finished=True)
+    @classmethod
+    def finished(cls, folder: Path, metrics: dict) -> Stage1Result:
+        cache = metrics.get("feature_cache")
+        return Stage1Result(folder / PROMPTS_NAME, folder, list(metrics.get("epoch_losses", [])),
+                            Path(cache) if cache else None, bool(metrics.get("feature_cache_hit")),
+                            list(metrics.get("classes_per_group", [])), already_finished=True)

@@ -10,13 +10,11 @@ groups, numbered otherwise), the first ``groups_num`` the prompts file names.
 
 After every epoch: recall on the val set; the best (R@1) and the last model are saved in the
 models' format (``RUN/best_model``, ``RUN/last_model``; ``progeo.load_model`` reads them) and the
-resumable training state (``RUN/checkpoints/state.safetensors``: model, optimizers, all
-classifiers, RNG, epoch, iteration, best recall), also every ``checkpoint_every`` iterations.
-At the end, the best model's test recalls. Under ``torchrun`` the image encoder runs in
-DistributedDataParallel, classifier gradients are averaged by hand, each process trains on
-its slice of every global batch, and only rank 0 writes. SIGINT/SIGTERM save the state after the
-current iteration (all processes stop at the same one) and stop with the command that continues
-the run (:mod:`progeo.train.interrupt`).
+resumable training state (model, optimizers, all classifiers, grad scaler, best recall). At the
+end, the best model's test recalls. Under ``torchrun`` the image encoder runs in
+DistributedDataParallel, classifier gradients are averaged by hand, each process trains on its
+slice of every global batch, and only rank 0 writes. Everything around the iterations (run folder,
+resume, stop_after, signals, NaN stop) is the run engine's (:mod:`progeo.train.engine`).
 """
 
 from __future__ import annotations
@@ -28,17 +26,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from progeo.config import Stage2Config
-from progeo.device import autocast, resolve_device
+from progeo.device import autocast
 from progeo.losses import label_smoothed_cross_entropy, soft_triplet_loss
 from progeo.train import ddp
 from progeo.train.class_batches import EpochBatches, epoch_loader
-from progeo.train.interrupt import StopSignals
-from progeo.train.loop import (check_finite, make_grad_scaler, optimizer_to, seed_everything, torch_generator)
-from progeo.train.resume import prepare_out_dir, run_folder_lock
-from progeo.train.run_dir import RunDir, load_state, save_state
+from progeo.train.engine import RunContext, TrainingStage, run_training
+from progeo.train.loop import make_grad_scaler, optimizer_to, torch_generator
 from progeo.train.stage2_setup import Stage2Parts, build_parts, evaluate_model
 
 log = logging.getLogger(__name__)
@@ -61,202 +56,108 @@ class Stage2Result:
     seconds: float = 0.0
     model: torch.nn.Module | None = field(default=None, repr=False)  # the trained model (last weights)
     classifiers: list = field(default_factory=list, repr=False)  # per-group CosFace classifiers (CPU)
-
-
-class _Stop(Exception):
-    """Raised by the stop_after debug hook."""
+    already_finished: bool = False  # resumed a finished run: nothing was trained or written
 
 
 def run_stage2(cfg: Stage2Config) -> Stage2Result:
     """Train (or, with ``cfg.resume``, continue) a stage-2 run; see the module docstring."""
     cfg.check()
-    t0 = time.perf_counter()
-    info, device = ddp.init_distributed(resolve_device(cfg.device))
-    from progeo.train.loop import cpu_threads
-
-    try:
-        with cpu_threads(cfg.threads), run_folder_lock(cfg, info, device), StopSignals("stage2") as stop:
-            return _run(cfg, info, device, t0, stop)  # rank 0 locks the run folder
-    finally:
-        ddp.cleanup(info)
+    return run_training(Stage2, cfg)
 
 
-def _run(cfg: Stage2Config, info: ddp.DistInfo, device: torch.device, t0: float, stop: StopSignals) -> Stage2Result:
-    start = prepare_out_dir(cfg, "stage2", outputs=(BEST_NAME, LAST_NAME), tables=("epochs", "iterations"),
-                            is_main=info.is_main)
-    ddp.barrier(info)  # every process has checked the folder before the main one writes to it
-    out_dir = start.path
-    stop.run_dir, stop.resumable = out_dir, bool(cfg.resume)
-    seed_everything(cfg.seed)
-    parts = build_parts(cfg, device, info)
-    run = RunDir(out_dir, enabled=info.is_main, tensorboard=cfg.tensorboard, replaces=start.replaced)
-    state = _State()
-    if start.state_path is not None:
-        state = _restore(start.state_path, parts, device)
-        log.info("resuming %s at epoch %d, iteration %d (best R@1 %.2f)", out_dir, state.epoch, state.iteration, state.best_r1)
-        run.drop_rows_after("iterations", "step", state.epoch * cfg.iterations_per_epoch + state.iteration)
-        run.drop_rows_after("epochs", "epoch", state.epoch - 1)
-    run.save_config(cfg)
-    stop.resumable = True
-    model = ddp.wrap_ddp(parts.model, info, device)
-    scaler = make_grad_scaler(device, cfg.amp)
-    part = ddp.rank_slice(cfg.batch_size, info)
-    stopped = False
-    stop.deferring = True  # from here a first signal stops after the current iteration, with the state saved
-    try:
-        while state.epoch < cfg.epochs:
-            _train_epoch(cfg, parts, model, scaler, state, run, info, device, part, stop)
-            _end_of_epoch(cfg, parts, state, run, info, device)
-            if _stop_requested(stop, info, device):
-                raise stop.stop(f"the end of epoch {state.epoch - 1}", run.state_path)
-    except _Stop:
-        stopped = True
-        log.warning("stop_after=%d reached: stopping as if the run had been killed", cfg.stop_after)
-    except BaseException:
-        run.close()
-        raise
-    finally:
-        stop.deferring = False
-    result = Stage2Result(run.path, run.path / BEST_NAME if state.best_epoch >= 0 else None,
-                          run.path / LAST_NAME if state.epoch > 0 else None, state.best_r1, state.best_epoch,
-                          state.history, epochs_done=state.epoch, iterations_done=state.session_iterations,
-                          stopped=stopped, model=parts.model, classifiers=parts.classifiers)
-    if not stopped and info.is_main and cfg.test_set and result.best_model is not None:
-        result.test_recalls = _test(cfg, parts, result.best_model, device, run)
-    ddp.barrier(info)
-    result.seconds = time.perf_counter() - t0
-    run.write_metrics({"stage": "stage2", "text_loss": cfg.text_loss, "best_val_R@1": state.best_r1,
-                       "best_epoch": state.best_epoch, "val_history": state.history, "test": result.test_recalls,
-                       "seconds": result.seconds, "stopped_early": stopped, "world_size": info.world_size})
-    run.close()
-    return result
+class Stage2(TrainingStage):
+    """Stage 2 as a :class:`~progeo.train.engine.TrainingStage`: epoch ``e`` trains group ``e mod groups_num``."""
 
+    kind, name, unit, distributed = "stage2", "stage 2", "iteration", True
+    outputs, tables = (BEST_NAME, LAST_NAME), ("epochs", "iterations")
 
-@dataclass
-class _State:
-    epoch: int = 0
-    iteration: int = 0  # next iteration to run in ``epoch``
-    best_r1: float = -1.0
-    best_epoch: int = -1
-    history: list[dict] = field(default_factory=list)
-    sums: dict = field(default_factory=dict)  # sums of the training losses so far in this epoch
-    session_iterations: int = 0  # iterations run by this call (not saved)
+    def __init__(self, ctx: RunContext):
+        super().__init__(ctx)
+        self.parts: Stage2Parts = build_parts(self.cfg, self.device, self.info)
+        self.part = ddp.rank_slice(self.cfg.batch_size, self.info)
+        self.scaler = make_grad_scaler(self.device, self.cfg.amp)
+        self.model = None  # parts.model, in DistributedDataParallel under torchrun (wrapped once restored)
+        self.best_r1, self.best_epoch, self.history = -1.0, -1, []
 
+    def steps_in_epoch(self, epoch: int) -> int:
+        return self.cfg.iterations_per_epoch
 
-def _stop_requested(stop: StopSignals, info, device) -> bool:
-    """Whether any process got a stop signal (all processes then stop at the same iteration)."""
-    return ddp.all_reduce_mean(1.0 if stop.requested else 0.0, info, device) > 0
+    def begin_epoch(self, epoch: int, step: int) -> None:
+        cfg, parts, device, g = self.cfg, self.parts, self.device, epoch % self.cfg.groups_num
+        if self.model is None:
+            self.model = ddp.wrap_ddp(parts.model, self.info, device)
+        self.classifier, self.classifier_optimizer = parts.classifiers[g], parts.classifier_optimizers[g]
+        self.classifier.to(device)
+        optimizer_to(self.classifier_optimizer, device)
+        self.text = parts.text_features[g].to(device) if parts.text_features else None
+        parts.model.train()
+        dataset = EpochBatches(parts.groups[g], parts.source, cfg.seed, epoch, step, cfg.iterations_per_epoch,
+                               cfg.batch_size, self.part)
+        self.batches = iter(epoch_loader(dataset, cfg.num_workers, device.type == "cuda"))
 
-
-def _train_epoch(cfg, parts: Stage2Parts, model, scaler, state: _State, run: RunDir, info, device, part,
-                 stop: StopSignals) -> None:
-    g = state.epoch % cfg.groups_num
-    group, classifier, cls_opt = parts.groups[g], parts.classifiers[g], parts.classifier_optimizers[g]
-    classifier.to(device)
-    optimizer_to(cls_opt, device)
-    text = parts.text_features[g].to(device) if parts.text_features else None
-    parts.model.train()
-    dataset = EpochBatches(group, parts.source, cfg.seed, state.epoch, state.iteration, cfg.iterations_per_epoch,
-                           cfg.batch_size, part)
-    bar = tqdm(epoch_loader(dataset, cfg.num_workers, device.type == "cuda"), total=len(dataset),
-               desc=f"epoch {state.epoch} (group {g})", unit="it", disable=not (cfg.progress and info.is_main))
-    sums = state.sums
-    for images, labels in bar:
-        it = state.iteration
-        gen = torch_generator(cfg.seed, state.epoch, it, 7)
-        x = parts.augment(images.to(device, non_blocking=True), gen, part=part, total=cfg.batch_size)
+    def train_step(self, epoch, step, finite) -> dict[str, float]:
+        cfg, parts, device = self.cfg, self.parts, self.device
+        images, labels = next(self.batches)
+        x = parts.augment(images.to(device, non_blocking=True), torch_generator(cfg.seed, epoch, step, 7),
+                          part=self.part, total=cfg.batch_size)
         y = labels.to(device)
         with autocast(device, enabled=cfg.amp):
-            desc = model(x)
-        losses = {"cosface": F.cross_entropy(classifier(desc, y), y)}
-        if text is not None:
-            losses["text"] = cfg.text_loss_weight * label_smoothed_cross_entropy(desc.float() @ text.t(), y, cfg.label_smoothing)
+            desc = self.model(x)
+        losses = {"cosface": F.cross_entropy(self.classifier(desc, y), y)}
+        if self.text is not None:
+            losses["text"] = cfg.text_loss_weight * label_smoothed_cross_entropy(desc.float() @ self.text.t(), y,
+                                                                                 cfg.label_smoothing)
         if cfg.triplet_weight > 0:
             losses["triplet"] = cfg.triplet_weight * soft_triplet_loss(desc.float(), y, cfg.triplet_mining)
         loss = sum(losses.values())
-        mean_loss = ddp.all_reduce_mean(float(loss.detach()), info, device)
-        check_finite(mean_loss, where=f"stage 2 epoch {state.epoch} iteration {it}",
-                     checkpoint=str(run.state_path) if run.state_path.exists() else None)
+        mean_loss = finite(loss)
         parts.optimizer.zero_grad(set_to_none=True)
-        cls_opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        ddp.all_reduce_mean_grads(classifier.parameters(), info)
-        scaler.step(parts.optimizer)
-        scaler.step(cls_opt)
-        scaler.update()
-        state.iteration += 1
-        state.session_iterations += 1
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
-        sums["loss"] = sums.get("loss", 0.0) + mean_loss
-        bar.set_postfix(loss=f"{mean_loss:.3f}")
-        step = state.epoch * cfg.iterations_per_epoch + state.iteration
-        if state.iteration % max(1, cfg.iterations_per_epoch // 20) == 0:
-            run.log("iterations", {"step": step, "epoch": state.epoch, "iteration": state.iteration, "loss": mean_loss,
-                                   **{k: float(v.detach()) for k, v in losses.items()}}, step=step)
-        if cfg.checkpoint_every and state.iteration % cfg.checkpoint_every == 0 \
-                and state.iteration < cfg.iterations_per_epoch:
-            _save(run, parts, state, info)
-        if cfg.stop_after is not None and state.session_iterations >= cfg.stop_after:
-            raise _Stop()  # as if killed right after this step: nothing more is saved
-        if state.iteration < cfg.iterations_per_epoch and _stop_requested(stop, info, device):
-            _save(run, parts, state, info)
-            raise stop.stop(f"epoch {state.epoch}, iteration {state.iteration}", run.state_path)
-    classifier.to("cpu")
-    optimizer_to(cls_opt, "cpu")
+        self.classifier_optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        ddp.all_reduce_mean_grads(self.classifier.parameters(), self.info)
+        self.scaler.step(parts.optimizer)
+        self.scaler.step(self.classifier_optimizer)
+        self.scaler.update()
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        if (step + 1) % max(1, cfg.iterations_per_epoch // 20) == 0:
+            at = epoch * cfg.iterations_per_epoch + step + 1
+            self.run.log("iterations", {"step": at, "epoch": epoch, "iteration": step + 1, "loss": mean_loss,
+                                            **values}, step=at)
+        return {**values, "loss": mean_loss}
 
+    def end_epoch(self, epoch: int, means: dict[str, float]) -> None:
+        from progeo.models.checkpoints import save_model
 
-def _end_of_epoch(cfg, parts: Stage2Parts, state: _State, run: RunDir, info, device) -> None:
-    from progeo.models.checkpoints import save_model
+        cfg, parts, run, info, device = self.cfg, self.parts, self.run, self.info, self.device
+        self.classifier.to("cpu")
+        optimizer_to(self.classifier_optimizer, "cpu")
+        self.batches = None
+        row = {"epoch": epoch, "group": epoch % cfg.groups_num, **{f"train_{k}": v for k, v in means.items()}}
+        recalls = evaluate_model(parts.model, parts.val_set, cfg, device, parts.val_images) if info.is_main else {}
+        r1 = ddp.broadcast_float(float(recalls.get("R@1", -1.0)), info, device)
+        row.update({f"val_{k}": v for k, v in recalls.items() if k.startswith("R@")})
+        self.history.append(row)
+        if info.is_main:
+            provenance = {"stage": "stage2", "epoch": epoch, "val": recalls, "text_loss": cfg.text_loss}
+            save_model(parts.model, run.path / LAST_NAME, provenance=provenance)
+            if r1 > self.best_r1:
+                save_model(parts.model, run.path / BEST_NAME, provenance=provenance)
+        if r1 > self.best_r1:
+            self.best_r1, self.best_epoch = r1, epoch
+        run.log("epochs", {"step": epoch, **row}, step=epoch)
+        log.info("epoch %d: loss %.4f, val R@1 %.2f (best %.2f at epoch %d)", epoch, means.get("loss", float("nan")),
+                 r1, self.best_r1, self.best_epoch)
 
-    epoch = state.epoch
-    means = {k: v / cfg.iterations_per_epoch for k, v in state.sums.items()}
-    state.sums = {}
-    row = {"epoch": epoch, "group": epoch % cfg.groups_num, **{f"train_{k}": v for k, v in means.items()}}
-    recalls: dict = {}
-    if info.is_main:
-        recalls = evaluate_model(parts.model, parts.val_set, cfg, device, parts.val_images)
-    r1 = ddp.broadcast_float(float(recalls.get("R@1", -1.0)), info, device)
-    state.epoch, state.iteration = epoch + 1, 0
-    row.update({f"val_{k}": v for k, v in recalls.items() if k.startswith("R@")})
-    state.history.append(row)
-    if info.is_main:
-        provenance = {"stage": "stage2", "epoch": epoch, "val": recalls, "text_loss": cfg.text_loss}
-        save_model(parts.model, run.path / LAST_NAME, provenance=provenance)
-        if r1 > state.best_r1:
-            save_model(parts.model, run.path / BEST_NAME, provenance=provenance)
-    if r1 > state.best_r1:
-        state.best_r1, state.best_epoch = r1, epoch
-    _save(run, parts, state, info)
-    run.log("epochs", {"step": epoch, **row}, step=epoch)
-    run.flush()
-    log.info("epoch %d: loss %.4f, val R@1 %.2f (best %.2f at epoch %d)", epoch, means.get("loss", float("nan")),
-             r1, state.best_r1, state.best_epoch)
-    parts.model.train()
+    def state_dict(self) -> dict:
+        parts = self.parts
+        return {"best_r1": self.best_r1, "best_epoch": self.best_epoch, "history": self.history,
+                "model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
+                "classifiers": [c.state_dict() for c in parts.classifiers],
+                "classifier_optimizers": [o.state_dict() for o in parts.classifier_optimizers],
+                "scaler": self.scaler.state_dict()}
 
-
-def _save(run: RunDir, parts: Stage2Parts, state: _State, info) -> None:
-    if not info.is_main:
-        return
-    from progeo.train.loop import rng_state
-
-    rng_meta, rng_tensors = rng_state()
-    save_state(run.state_path, {
-        "format_version": 1, "epoch": state.epoch, "iteration": state.iteration, "best_r1": state.best_r1,
-        "best_epoch": state.best_epoch, "history": state.history, "sums": state.sums,
-        "model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
-        "classifiers": [c.state_dict() for c in parts.classifiers],
-        "classifier_optimizers": [o.state_dict() for o in parts.classifier_optimizers],
-        "rng": rng_meta, "rng_tensors": rng_tensors,
-    })
-
-
-def _restore(path: Path, parts: Stage2Parts, device) -> _State:
-    from progeo.errors import CheckpointError
-    from progeo.train.loop import set_rng_state
-
-    saved = load_state(path)
-    try:
+    def load_state_dict(self, saved: dict) -> None:
+        parts, cfg, at = self.parts, self.cfg, self.ctx.progress
         parts.model.load_state_dict(saved["model"])
         parts.optimizer.load_state_dict(saved["optimizer"])
         if len(saved["classifiers"]) != len(parts.classifiers):
@@ -266,16 +167,37 @@ def _restore(path: Path, parts: Stage2Parts, device) -> _State:
         for o, s in zip(parts.classifier_optimizers, saved["classifier_optimizers"]):
             o.load_state_dict(s)
             optimizer_to(o, "cpu")
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"training state {path} does not fit this configuration ({exc}); resume with the "
-                              "run's own config (same backbone, train set, groups and fc_output_dim)") from exc
-    optimizer_to(parts.optimizer, device)
-    set_rng_state(saved.get("rng", {}), saved.get("rng_tensors", {}))
-    return _State(int(saved["epoch"]), int(saved["iteration"]), float(saved["best_r1"]), int(saved["best_epoch"]),
-                  list(saved.get("history", [])), dict(saved.get("sums", {})))
+        if saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
+        optimizer_to(parts.optimizer, self.device)
+        self.best_r1, self.best_epoch = float(saved["best_r1"]), int(saved["best_epoch"])
+        self.history = list(saved.get("history", []))
+        self.run.drop_rows_after("iterations", "step", at.epoch * cfg.iterations_per_epoch + at.step)
+
+    def finish(self, stopped: bool) -> Stage2Result:
+        cfg, run, info, at = self.cfg, self.run, self.info, self.ctx.progress
+        result = Stage2Result(run.path, run.path / BEST_NAME if self.best_epoch >= 0 else None,
+                              run.path / LAST_NAME if at.epoch > 0 else None, self.best_r1, self.best_epoch,
+                              self.history, epochs_done=at.epoch, iterations_done=at.session_steps,
+                              stopped=stopped, model=self.parts.model, classifiers=self.parts.classifiers)
+        if not stopped and info.is_main and cfg.test_set and result.best_model is not None:
+            result.test_recalls = _test(cfg, result.best_model, self.device)
+        ddp.barrier(info)
+        result.seconds = time.perf_counter() - self.ctx.started
+        run.write_metrics({"stage": "stage2", "text_loss": cfg.text_loss, "best_val_R@1": self.best_r1,
+                           "best_epoch": self.best_epoch, "val_history": self.history, "test": result.test_recalls,
+                           "seconds": result.seconds, "stopped_early": stopped, "world_size": info.world_size})
+        return result
+
+    @classmethod
+    def finished(cls, folder: Path, metrics: dict) -> Stage2Result:
+        history = list(metrics.get("val_history", []))
+        return Stage2Result(folder, folder / BEST_NAME, folder / LAST_NAME, float(metrics.get("best_val_R@1", -1.0)),
+                            int(metrics.get("best_epoch", -1)), history, dict(metrics.get("test", {})),
+                            epochs_done=len(history), already_finished=True)
 
 
-def _test(cfg, parts: Stage2Parts, best: Path, device, run: RunDir) -> dict[str, dict]:
+def _test(cfg, best: Path, device) -> dict[str, dict]:
     """Test recalls of the best model on every test query folder (the database described once)."""
     from progeo.eval.evaluate import EvalConfig, evaluate_test_set, open_test_sets
     from progeo.models.checkpoints import load_model
