@@ -8,7 +8,8 @@ feature caching and GEM zero-shot / linear-probe features (:func:`encode_images`
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import contextlib
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +43,34 @@ def prepare(module: nn.Module, device, channels_last: bool) -> torch.device:
     module.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     module.eval()
     return dev
+
+
+def _is_channels_last(module: nn.Module) -> bool:
+    """Whether the 4-d (convolution) weights of ``module`` are in the channels-last layout (those
+    that are both, such as 1 x 1 kernels, do not tell)."""
+    cl = torch.channels_last
+    flags = [p.is_contiguous(memory_format=cl) for p in module.parameters()
+             if p.dim() == 4 and not (p.is_contiguous() and p.is_contiguous(memory_format=cl))]
+    return bool(flags) and all(flags)
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module, device=None, channels_last: bool = False) -> Iterator[torch.device]:
+    """``module`` in eval mode on ``device`` (None: where it is) in the wanted memory layout for the
+    block; its mode, device and layout are restored after (moved only where they differ: nested
+    blocks and a model already in place cost nothing)."""
+    was_training, before = module.training, next(module.parameters()).device
+    was_cl = _is_channels_last(module)
+    dev = resolve_device(device) if device is not None else before
+    if dev != before or bool(channels_last) != was_cl:
+        prepare(module, dev, channels_last)
+    module.eval()
+    try:
+        yield dev
+    finally:
+        if dev != before or bool(channels_last) != was_cl:
+            module.to(before, memory_format=torch.channels_last if was_cl else torch.contiguous_format)
+        module.train(was_training)
 
 
 def run_batched(fn: Callable[[torch.Tensor], torch.Tensor], images, preprocess, device: torch.device, out_dim: int, *,
