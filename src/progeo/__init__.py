@@ -1,15 +1,7 @@
 """progeo: CLIP-based visual geo-localization (ProGEO retrieval, IM2City/GEM classification).
 
-The public API (README "Python API")::
-
-    model = progeo.load_model("runs/stage2/best_model")        # or progeo.build_model("RN50:openai")
-    descriptors = progeo.describe(model, "photos/")           # N x D float32; the model is left as it was
-    index = progeo.Index.build(model, "database/")            # faiss index + coordinates + metric
-    results = progeo.evaluate(model, progeo.TestSet("pitts30k/test"))   # recall@N per query folder
-    predictions = progeo.Localizer.from_index(index).localize("photos/")
-
-Names whose modules load torch, open_clip or faiss are imported on first use, so that
-``import progeo`` stays light; ``dir(progeo)`` and type checkers see them all.
+The public API is ``__all__`` (README "Python API"). Names whose modules load torch, open_clip or
+faiss are imported on first use, so that ``import progeo`` stays light.
 """
 
 from __future__ import annotations
@@ -22,16 +14,13 @@ from progeo.data.test_sets import TestSet
 __version__ = "0.1.0"
 
 _LAZY = {
-    # models: build, load (by path or backbone name), save
     "build_model": "progeo.models.geolocalizer", "GeoLocalizer": "progeo.models.geolocalizer",
     "load_model": "progeo.models.checkpoints", "save_model": "progeo.models.checkpoints",
     "load_model_or_backbone": "progeo.models.checkpoints",
-    # retrieval: descriptors, recall@N, indexes, localization
     "describe": "progeo.eval.descriptors",
     "evaluate": "progeo.eval.evaluate", "EvalConfig": "progeo.eval.evaluate",
     "Index": "progeo.eval.index", "IndexConfig": "progeo.eval.search",
     "Localizer": "progeo.eval.localizer",
-    # GEM (IM2City): city / country classification
     "run_zeroshot": "progeo.geo", "ZeroShotConfig": "progeo.geo", "fit_probe": "progeo.geo",
     "evaluate_probe": "progeo.geo", "run_probe_fit": "progeo.geo", "ProbeFitConfig": "progeo.geo",
     "run_probe_eval": "progeo.geo", "ProbeEvalConfig": "progeo.geo", "gem_metrics": "progeo.geo",
@@ -40,7 +29,7 @@ _LAZY = {
 
 __all__ = sorted(["TestSet", *_LAZY])
 
-if TYPE_CHECKING:  # the real imports, for type checkers and IDEs
+if TYPE_CHECKING:  # for type checkers and IDEs
     from progeo.eval.descriptors import describe
     from progeo.eval.evaluate import EvalConfig, evaluate
     from progeo.eval.index import Index

@@ -102,6 +102,13 @@ def _inference(model, device, channels_last):
     return model.inference(device, channels_last) if hasattr(model, "inference") else contextlib.nullcontext()
 
 
+def are_paths(images) -> bool:
+    """Whether ``images`` is a path or a non-empty list of paths (not decoded images)."""
+    path = (str, os.PathLike)
+    return isinstance(images, path) or (isinstance(images, (list, tuple)) and bool(images)
+                                        and all(isinstance(i, path) for i in images))
+
+
 def describe(model, images, *, batch_size: int = 64, device: str | torch.device | None = None, num_workers: int = 0,
              amp: bool = True, channels_last: bool | None = None, progress: bool = False) -> np.ndarray:
     """Descriptors (N x D float32) of images: a path (image file or folder, its images in natural
@@ -113,8 +120,7 @@ def describe(model, images, *, batch_size: int = 64, device: str | torch.device 
     from progeo.eval.localizer import _as_uint8_batch, expand_photo_paths
 
     dev = device if device is not None else getattr(model, "device", "cpu")
-    is_path = lambda x: isinstance(x, (str, os.PathLike))  # noqa: E731
-    if is_path(images) or (isinstance(images, (list, tuple)) and images and all(map(is_path, images))):
+    if are_paths(images):
         return describe_files(model, expand_photo_paths(images), batch_size=batch_size, device=dev,
                               num_workers=num_workers, amp=amp, channels_last=channels_last, progress=progress,
                               desc="describing images").descriptors

@@ -235,19 +235,10 @@ def _evaluate_model(model, test_sets: list, cfg: EvalConfig, model_name: str, sa
                               save_dir=None if save_dir is None else Path(save_dir) / split, keep_in_memory=True)
 
     database = described(first.database_paths, first.database_utms, DATABASE_SPLIT, cfg.batch_size, 0)
-    start = time.perf_counter()
-    index = build_index(database.descriptors, cfg.index, progress=cfg.progress and images is None)
-    index_seconds = time.perf_counter() - start
-    results = []
-    for test_set in test_sets:
-        queries = described(test_set.queries_paths, test_set.queries_utms, test_set.queries_folder,
-                            cfg.query_batch_size or cfg.batch_size, first.database_num)
-        positives = None if len(database.skipped) else test_set.positives
-        result = _search_and_count(index, database, queries, cfg, os.path.abspath(test_set.root),
-                                   test_set.queries_folder, positives)
-        result.seconds["index"], result.image_size = index_seconds, size
-        results.append(result)
-    return results
+    folders = ((t.queries_folder, described(t.queries_paths, t.queries_utms, t.queries_folder,
+                                            cfg.query_batch_size or cfg.batch_size, first.database_num),
+                None if len(database.skipped) else t.positives) for t in test_sets)
+    return _search_and_count(database, folders, cfg, os.path.abspath(first.root), size, images is None)
 
 
 def _evaluate_saved(folder: Path, queries: Sequence[str | None], cfg: EvalConfig) -> list[FolderResult]:
@@ -257,40 +248,43 @@ def _evaluate_saved(folder: Path, queries: Sequence[str | None], cfg: EvalConfig
     database = load_described(folder / DATABASE_SPLIT)
     meta = load_descriptors(folder / DATABASE_SPLIT).meta
     cfg = _with_metric(cfg, meta.metric or DEFAULT_METRIC)
-    start = time.perf_counter()
-    index = build_index(database.descriptors, cfg.index, progress=cfg.progress)
-    index_seconds = time.perf_counter() - start
     names = [n for q in queries for n in (list_query_folders(folder) if q == "all" else [select_query_folder(folder, q)])]
-    results = []
-    for name in dict.fromkeys(names):
-        found = load_described(folder / name)
-        if found.model != database.model:
-            raise DatasetError(f"{folder / name} was described by {found.model!r} but its database by "
-                               f"{database.model!r}; save both with the same model")
-        result = _search_and_count(index, database, found, cfg, meta.dataset, name)
-        result.seconds["index"], result.image_size = index_seconds, meta.image_size and tuple(meta.image_size)
-        results.append(result)
-    return results
+
+    def folders():
+        for name in dict.fromkeys(names):
+            found = load_described(folder / name)
+            if found.model != database.model:
+                raise DatasetError(f"{folder / name} was described by {found.model!r} but its database by "
+                                   f"{database.model!r}; save both with the same model")
+            yield name, found, None
+
+    return _search_and_count(database, folders(), cfg, meta.dataset, meta.image_size and tuple(meta.image_size))
 
 
-def _search_and_count(index, database: Described, queries: Described, cfg: EvalConfig, dataset: str,
-                      queries_folder: str, positives=None) -> FolderResult:
-    """Search every query at once (in ``query_batch_size`` blocks) and count recall@N;
-    ``positives``: precomputed CSR positives over the readable database (else computed here)."""
+def _search_and_count(database: Described, folders, cfg: EvalConfig, dataset: str, image_size,
+                      progress: bool = True) -> list[FolderResult]:
+    """Index the database, then for each ``(name, queries, positives)`` of ``folders`` search every query
+    at once (in ``query_batch_size`` blocks) and count recall@N; ``positives``: precomputed CSR
+    positives over the readable database, or None to compute them here."""
     from progeo.data.test_sets import positives_within
     from progeo.eval.search import search
 
-    k = max(1, min(cfg.k or max(cfg.recall_values), len(database.rows)))
     start = time.perf_counter()
-    scores = np.full((len(queries.paths), k), -np.inf, dtype=np.float32)
-    predictions = np.full((len(queries.paths), k), -1, dtype=np.int64)
-    if len(queries.rows):
-        scores[queries.rows], predictions[queries.rows] = search(
-            index, queries.descriptors, k, batch_size=cfg.query_batch_size or 4096, metric=cfg.index.search_metric)
-    search_seconds = time.perf_counter() - start
-    if positives is None:
-        positives = positives_within(queries.utms, database.utms[database.rows], cfg.positive_dist)
-    recall = compute_recalls_from_positives(predictions, positives.indptr, positives.indices, cfg.recall_values)
-    seconds = {"describe_database": database.seconds, "describe_queries": queries.seconds, "search": search_seconds}
-    return FolderResult(dataset, queries_folder, recall, predictions, scores, database, queries, seconds,
-                        metric=cfg.index.search_metric)
+    index = build_index(database.descriptors, cfg.index, progress=cfg.progress and progress)
+    index_seconds, k = time.perf_counter() - start, max(1, min(cfg.k or max(cfg.recall_values), len(database.rows)))
+    results = []
+    for name, queries, positives in folders:
+        start = time.perf_counter()
+        scores = np.full((len(queries.paths), k), -np.inf, dtype=np.float32)
+        predictions = np.full((len(queries.paths), k), -1, dtype=np.int64)
+        if len(queries.rows):
+            scores[queries.rows], predictions[queries.rows] = search(
+                index, queries.descriptors, k, batch_size=cfg.query_batch_size or 4096, metric=cfg.index.search_metric)
+        seconds = {"describe_database": database.seconds, "describe_queries": queries.seconds,
+                   "search": time.perf_counter() - start, "index": index_seconds}
+        if positives is None:
+            positives = positives_within(queries.utms, database.utms[database.rows], cfg.positive_dist)
+        recall = compute_recalls_from_positives(predictions, positives.indptr, positives.indices, cfg.recall_values)
+        results.append(FolderResult(dataset, name, recall, predictions, scores, database, queries, seconds,
+                                    image_size, cfg.index.search_metric))
+    return results

@@ -9,20 +9,20 @@ An index folder (``progeo index build``; :meth:`Index.build` with ``out``; :meth
     index.json          model reference and config, image size, index kind and metric, counts;
                         written last (a folder without it is incomplete), removed first on a rebuild
 
-The search metric is the model's (``model.metric``: cosine, or Euclidean distance for ViT
-heads that do not normalize) unless the :class:`IndexConfig` names one; it is saved with the
-index. :meth:`Index.with_metric` searches with another one by re-indexing the descriptors in memory.
+The search metric (the model's unless the :class:`IndexConfig` names one) is saved with the index;
+:meth:`Index.with_metric` searches with another one by re-indexing the descriptors in memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -63,15 +63,8 @@ def rebuild_advice(folder: Path, info: dict | None = None) -> str:
 
 class Index:
     """Descriptors of geo-tagged database images, searchable: a faiss index with its
-    :class:`IndexConfig` (kind and metric), the coordinates of every image and what described
-    them (``info``: model reference, image size, database folder, skipped images)::
-
-        index = Index.build(model, "database/")                  # describe and index, in memory
-        scores, ids = index.search(progeo.describe(model, "photos/"), k=5)
-        index.save("my_index"); index = Index.load("my_index")
-
-    ``ids`` are rows of ``coordinates`` (and of ``descriptors``).
-    """
+    :class:`IndexConfig` (kind and metric), the coordinates of every image (search ids are their
+    rows) and what described them (``info``: model reference, image size, database, skipped images)."""
 
     def __init__(self, faiss_index, config: IndexConfig, coordinates: DatabaseCoordinates, descriptors: np.ndarray, *,
                  info: dict | None = None, model=None, path: Path | None = None):
@@ -119,20 +112,16 @@ class Index:
         and index them (``index.metric`` unset: the model's metric).
 
         ``out``: write the index folder there as the descriptors come (for databases too large for
-        memory); it is locked while written (:mod:`progeo.locks`) and an index already there is
-        replaced only with ``overwrite``. ``options``: how to describe, as
+        memory); an index already there is replaced only with ``overwrite``. ``options``: as
         :func:`~progeo.eval.descriptors.describe_files` takes them (``batch_size``, ``device``,
         ``num_workers``, ``on_bad_image``, ``image_size``, ``resize_mode``, ``amp``, ``progress``).
         """
         from progeo.eval.evaluate import model_metric
-        from progeo.locks import folder_lock
 
         index = index.with_default_metric(model_metric(model))
         if out is None:
             return cls._build(model, database, None, index, model_ref, options)
-        out = _writable(out)
-        with folder_lock(out, flag="--out"):
-            _refuse_old(out, overwrite)
+        with _writing(out, overwrite) as out:
             built = cls._build(model, database, out, index, model_ref, options)
             built._write(out)
             return built
@@ -169,11 +158,8 @@ class Index:
     def save(self, folder: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write this index as an index folder (see the module docstring); returns the folder."""
         from progeo.eval.descriptors_io import DescriptorsMeta, save_descriptors
-        from progeo.locks import folder_lock
 
-        folder = _writable(folder)
-        with folder_lock(folder, flag="--out"):
-            _refuse_old(folder, overwrite)
+        with _writing(folder, overwrite) as folder:
             (folder / INFO_FILE).unlink(missing_ok=True)
             meta = DescriptorsMeta(model=self.info["model"]["ref"], image_size=self.image_size,
                                    dataset=self.info.get("database", ""), split="database", metric=self.metric)
@@ -237,15 +223,17 @@ class Index:
         return cls(faiss_index, config, coords, saved.descriptors, info=info, model=model, path=path)
 
 
-def _writable(folder: str | os.PathLike) -> Path:
+@contextlib.contextmanager
+def _writing(folder: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
+    """``folder`` locked for writing an index (:mod:`progeo.locks`), refused if it holds one unless ``overwrite``."""
+    from progeo.locks import folder_lock
+
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--out {folder} is a file: give a folder for the index")
-    return folder
-
-
-def _refuse_old(out: Path, overwrite: bool) -> None:
-    old = [n for n in (INFO_FILE, INDEX_FILE, DESCRIPTORS_DIR, COORDINATES_FILE) if (out / n).exists()]
-    if old and not overwrite:
-        raise ConfigError(f"--out {out} already holds an index ({', '.join(old)}); pass --overwrite "
-                          "(overwrite=True) to replace it, or choose another --out")
+    with folder_lock(folder, flag="--out"):
+        old = [n for n in (INFO_FILE, INDEX_FILE, DESCRIPTORS_DIR, COORDINATES_FILE) if (folder / n).exists()]
+        if old and not overwrite:
+            raise ConfigError(f"--out {folder} already holds an index ({', '.join(old)}); pass --overwrite "
+                              "(overwrite=True) to replace it, or choose another --out")
+        yield folder

@@ -20,7 +20,7 @@ import numpy as np
 
 from progeo.errors import ConfigError, DatasetError
 from progeo.eval.confidence import CONFIDENCE_DEPTH
-from progeo.eval.descriptors import describe, describe_files
+from progeo.eval.descriptors import are_paths, describe, describe_files
 from progeo.eval.index import Index
 from progeo.eval.localize_core import PhotoPrediction, cosine_scale_scores, predict_positions
 from progeo.eval.recall import POSITIVE_DIST_M
@@ -92,8 +92,7 @@ class Localizer:
         With ``on_bad_image="skip"`` unreadable files are left out (see :attr:`skipped_paths`).
         """
         self.skipped_paths = []
-        if isinstance(images, (str, os.PathLike)) or (
-                isinstance(images, (list, tuple)) and images and all(isinstance(i, (str, os.PathLike)) for i in images)):
+        if are_paths(images):
             return self.localize_files(expand_photo_paths(images), top_k)
         batch = _as_uint8_batch(images, self.image_size)
         descriptors = describe(self.model, batch, batch_size=self.batch_size, device=self.device)

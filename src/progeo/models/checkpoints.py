@@ -132,12 +132,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> GeoLocal
 def load_model_or_backbone(ref: str | Path, device: str | torch.device = "cpu", image_size=None,
                            weights=None) -> GeoLocalizer:
     """A model by reference, resolved by lookup, not by the string's shape: an existing file or
-    folder is a saved model (:func:`load_model`); else a backbone the architecture registry knows,
-    ``ARCH`` or ``ARCH:TAG`` (``RN50:openai``, ``ViT-B/16:openai``, ``tiny-vit``), gives a new, not
-    trained model (the zero-shot baseline); else one error says what was tried.
-
-    ``image_size`` (height, width): the input size; a saved ViT keeps its own. ``weights``: a
-    local CLIP weights file for a backbone (offline use).
+    folder is a saved model; else a backbone the registry knows, ``ARCH[:TAG]`` (``ViT-B/16:openai``,
+    ``tiny-vit``), is a new, not trained model (``weights``: a local CLIP weights file); else one
+    error says what was tried. ``image_size`` (height, width): the input size; a saved ViT keeps its own.
     """
     from progeo.models.geolocalizer import build_model
     from progeo.models.registry import split_backbone_spec

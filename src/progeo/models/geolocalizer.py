@@ -213,8 +213,6 @@ class GeoLocalizer(nn.Module):
     def _channels_last(self, dev: torch.device, channels_last: bool | None) -> bool:
         return (self.family == "resnet" and prefers_channels_last(dev)) if channels_last is None else channels_last
 
-    encode = describe
-
     # -- training helpers ----------------------------------------------------------------------
 
     def freeze(self, *, freeze_cnn: int = 2, freeze_trans: int = 6, train_all_layers: bool = False,

@@ -46,12 +46,9 @@ def prepare(module: nn.Module, device, channels_last: bool) -> torch.device:
 
 
 def _is_channels_last(module: nn.Module) -> bool:
-    """Whether the 4-d (convolution) weights of ``module`` are in the channels-last layout (those
-    that are both, such as 1 x 1 kernels, do not tell)."""
-    cl = torch.channels_last
-    flags = [p.is_contiguous(memory_format=cl) for p in module.parameters()
-             if p.dim() == 4 and not (p.is_contiguous() and p.is_contiguous(memory_format=cl))]
-    return bool(flags) and all(flags)
+    """Whether the first convolution's weight (3 x 3 or larger: its layout tells) is channels-last."""
+    first = next((p for p in module.parameters() if p.dim() == 4), None)
+    return first is not None and not first.is_contiguous()
 
 
 @contextlib.contextmanager
