@@ -36,6 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
+from progeo.data.test_sets import TestSet
 from progeo.errors import ConfigError, DatasetError
 from progeo.eval.descriptors import Described, describe, describe_files, load_described
 from progeo.eval.recall import (DEFAULT_RECALL_VALUES, POSITIVE_DIST_M, RecallResult, clip_recall_values,
@@ -187,7 +188,7 @@ def evaluate(source, test_set=None, queries: str | Sequence[str | None] | None =
     if queries is None or isinstance(queries, str):
         queries = [queries or getattr(test_set, "queries_folder", None)]
     if isinstance(source, (str, os.PathLike)):
-        roots = [] if test_set is None else [getattr(test_set, "root", None) if hasattr(test_set, "queries_folder") else test_set]
+        roots = [] if test_set is None else [test_set.root if isinstance(test_set, TestSet) else test_set]
         return [r for folder in saved_descriptor_folders(source, roots) for r in _evaluate_saved(folder, queries, cfg)]
     if test_set is None:
         raise ConfigError("evaluate(model, ...) needs the test set: a TestSet or a folder with database/ and queries*/")
@@ -196,7 +197,7 @@ def evaluate(source, test_set=None, queries: str | Sequence[str | None] | None =
 
 def _test_sets(test_set, queries: Sequence[str | None], positive_dist: float) -> list:
     """One TestSet per query folder name (``"all"``: every ``queries*`` folder), reusing ``test_set`` if it is one."""
-    from progeo.data.test_sets import TestSet, list_query_folders
+    from progeo.data.test_sets import list_query_folders
 
     root = test_set.root if isinstance(test_set, TestSet) else test_set
     names: list[str | None] = []

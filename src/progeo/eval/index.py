@@ -113,7 +113,7 @@ class Index:
 
         ``out``: write the index folder there as the descriptors come (for databases too large for
         memory); an index already there is replaced only with ``overwrite``. ``options``: as
-        :func:`~progeo.eval.descriptors.describe_files` takes them (``batch_size``, ``device``,
+        :func:`~progeo.eval.descriptors.describe_files` takes them (``batch_size``, ``device`` (the model's),
         ``num_workers``, ``on_bad_image``, ``image_size``, ``resize_mode``, ``amp``, ``progress``).
         """
         from progeo.eval.evaluate import model_metric
@@ -135,6 +135,7 @@ class Index:
         images = read_image_list(Path(database).resolve(), what="database folder")
         coords = coordinates_from_names(images)  # fails on a bad name before any image is decoded
         size = tuple(options.pop("image_size", None) or model.image_size)
+        options.setdefault("device", getattr(model, "device", "cpu"))
         if out is not None:
             (out / INFO_FILE).unlink(missing_ok=True)  # the old index (with --overwrite) is incomplete from here on
         meta = DescriptorsMeta(model=model_ref, image_size=size, dataset=str(images.root), split="database",

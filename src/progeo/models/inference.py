@@ -59,13 +59,14 @@ def evaluating(module: nn.Module, device=None, channels_last: bool = False) -> I
     was_training, before = module.training, next(module.parameters()).device
     was_cl = _is_channels_last(module)
     dev = resolve_device(device) if device is not None else before
-    if dev != before or bool(channels_last) != was_cl:
+    moved = dev.type != before.type or dev.index not in (None, before.index) or bool(channels_last) != was_cl
+    if moved:
         prepare(module, dev, channels_last)
     module.eval()
     try:
-        yield dev
+        yield before if not moved else dev
     finally:
-        if dev != before or bool(channels_last) != was_cl:
+        if moved:
             module.to(before, memory_format=torch.channels_last if was_cl else torch.contiguous_format)
         module.train(was_training)
 
