@@ -129,6 +129,22 @@ def test_skipped_image_message_does_not_suggest_skipping(image_folder, caplog):
     assert "replace or delete the file to include it" in logged and "pass --on-bad-image skip" not in logged
 
 
+def test_fail_message_suggests_skip_only_where_the_command_has_the_flag(image_folder):
+    from progeo.data.images import decode_image
+    from progeo.train.class_batches import ImageSource, PreloadedImages
+
+    paths, truncated, _ = image_folder
+    with pytest.raises(ImageDecodeError, match="pass --on-bad-image skip"):  # eval / index build / localize
+        list(iter_image_batches([paths[0], truncated], 32, batch_size=2))
+    for load in (lambda: decode_image(truncated, 32),  # training: no --on-bad-image flag there
+                 lambda: ImageSource([truncated], 32).load(np.array([0])),
+                 lambda: PreloadedImages([paths[0], truncated], 32, np.array([0, 1]), progress=False)):
+        with pytest.raises(ImageDecodeError) as err:
+            load()
+        assert str(truncated) in str(err.value) and "replace or delete the file" in str(err.value)
+        assert "--on-bad-image" not in str(err.value)
+
+
 def test_workers_are_started_only_for_enough_batches(image_folder):
     from progeo.data.images import BATCHES_PER_WORKER
 

@@ -132,7 +132,8 @@ def decode_image(
         raise ImageDecodeError(_bad_image_message(path, exc) + _FAIL_FIX) from exc
 
 
-_FAIL_FIX = "; replace or delete the file, or pass --on-bad-image skip to leave unreadable images out"
+_FAIL_FIX = "; replace or delete the file"
+_SKIP_HINT = ", or pass --on-bad-image skip to leave unreadable images out"  # where the command has that flag
 
 
 def _bad_image_message(path: str | os.PathLike, exc: BaseException) -> str:
@@ -266,6 +267,7 @@ class ImageBatches:
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.on_bad_image = on_bad_image
+        self.skip_hint = True  # errors suggest --on-bad-image skip (iter_image_batches(skip_hint=False): not)
         self.pin_memory = torch.device(device).type == "cuda" and torch.cuda.is_available()
         self.skipped_indices: list[int] = []
 
@@ -299,7 +301,9 @@ class ImageBatches:
             for batch in (collated if isinstance(collated, list) else [collated]):
                 for index, message in batch.errors:
                     if self.on_bad_image == "fail":
-                        raise ImageDecodeError(message + _FAIL_FIX)
+                        if "the list is stale" not in message:  # a stale list's message carries its own fix
+                            message += _FAIL_FIX + (_SKIP_HINT if self.skip_hint else "")
+                        raise ImageDecodeError(message)
                     logger.warning("left out (--on-bad-image skip): %s; replace or delete the file to include it",
                                    message)
                     self.skipped_indices.append(index)
@@ -316,9 +320,14 @@ def iter_image_batches(
     resize_mode: ResizeMode = "resize",
     device: str | torch.device = "cpu",
     fast_jpeg: bool = True,
+    skip_hint: bool = True,
 ) -> ImageBatches:
     """Batches of decoded images for descriptor extraction; see :class:`ImageBatches`.
 
     ``device`` is where the batches will go: memory is pinned only for a CUDA target.
+    ``skip_hint``: a failing image's error suggests ``--on-bad-image skip`` (False for commands
+    without that flag, e.g. training).
     """
-    return ImageBatches(paths, image_size, batch_size, num_workers, on_bad_image, resize_mode, device, fast_jpeg)
+    batches = ImageBatches(paths, image_size, batch_size, num_workers, on_bad_image, resize_mode, device, fast_jpeg)
+    batches.skip_hint = skip_hint
+    return batches

@@ -178,11 +178,10 @@ def prompt_group_ids(path: str | Path) -> list[tuple[int, int, int]] | None:
     """The group id of each group of a prompts file, when it records them (imported files do)."""
     from safetensors import safe_open
 
-    try:
+    fix = "run stage 1 again (`progeo train stage1`) or convert the authors' prompts with `progeo import-prompts`"
+    with reading(path, "prompts file", fix, CheckpointError):
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("progeo", "{}"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"prompts file {path} is not a progeo prompts safetensors file ({exc})") from exc
     ids = meta.get("group_ids")
     return None if ids is None else [tuple(int(v) for v in gid) for gid in ids]
 

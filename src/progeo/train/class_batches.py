@@ -79,7 +79,7 @@ class PreloadedImages(ImageSource):
         self.row_of[indices] = np.arange(indices.size)
         self.pixels = torch.empty((indices.size, 3, self.image_size, self.image_size), dtype=torch.uint8)
         paths = [images[int(i)] for i in indices]
-        batches = iter_image_batches(paths, self.image_size, batch_size=256, num_workers=num_workers)
+        batches = iter_image_batches(paths, self.image_size, batch_size=256, num_workers=num_workers, skip_hint=False)
         for batch, rows in tqdm(batches, desc="preloading images", unit="batch", disable=not progress):
             self.pixels[rows] = batch
         log.info("preloaded %d images at %d px (%.0f MiB)", indices.size, self.image_size,

@@ -91,7 +91,7 @@ def _extract(visual, pre, size, paths, file: Path, batch_size: int, device: torc
     std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
     dim = None
     batches = iter_image_batches(paths, size, batch_size=batch_size, num_workers=num_workers,
-                                 resize_mode="center-crop", device=device)
+                                 resize_mode="center-crop", device=device, skip_hint=False)
     file.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(file) as tmp:
         out = None
