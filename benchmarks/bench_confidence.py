@@ -90,9 +90,10 @@ def errors_m(predictions, truth) -> np.ndarray:
 def measure(model, world: Path, index_dir: Path, top_k: int, device: str) -> dict:
     """Per query folder: old gap, new confidence, right at the place / in the city."""
     from progeo.data.test_sets import TestSet
-    from progeo.eval.localizer import Localizer, build_index_folder, coordinates_from_names
+    from progeo.eval.index import Index, coordinates_from_names
+    from progeo.eval.localizer import Localizer
 
-    build_index_folder(model, world / "test" / "database", index_dir, model_ref="bench", device=device, progress=False)
+    Index.build(model, world / "test" / "database", index_dir, model_ref="bench", device=device, progress=False)
     localizer = Localizer.from_index(index_dir, model=model, device=device, batch_size=128)
     folders = {}
     for name in QUERY_FOLDERS:

@@ -1,6 +1,6 @@
 """Evaluation throughput (images/s): batched queries vs the one-query-at-a-time baseline.
 
-Runs the ``progeo eval`` pipeline (:func:`progeo.eval.evaluate.evaluate_test_set`: decode,
+Runs the ``progeo eval`` pipeline (:func:`progeo.evaluate`: decode,
 describe, flat faiss index, search, recall) on the test set of synthetic worlds, every query
 folder, once with query batches of ``--batch-size`` and once with ``query_batch_size=1``, and
 checks that both give the same recalls. The model is a tiny architecture with random weights
@@ -24,7 +24,7 @@ from pathlib import Path
 import faiss
 import torch
 
-from progeo.eval.evaluate import EvalConfig, evaluate_test_set, open_test_sets
+from progeo.eval.evaluate import EvalConfig, evaluate
 from progeo.models import build_model
 
 
@@ -41,14 +41,13 @@ def world_folder(preset: str, cache: Path, given: dict[str, str]) -> Path:
 
 
 def run(model, root: Path, batch_size: int, query_batch_size: int | None, workers: int, device: str = "cpu") -> dict:
-    sets = open_test_sets(root / "test", ["all"])
     cfg = EvalConfig(batch_size=batch_size, query_batch_size=query_batch_size, num_workers=workers, device=device,
                      progress=False)
     start = time.perf_counter()
-    results = evaluate_test_set(model, sets, cfg, model_name="bench")
+    results = evaluate(model, root / "test", "all", cfg, model_name="bench")
     total = time.perf_counter() - start
-    database_num = sets[0].database_num
-    queries_num = sum(t.queries_num for t in sets)
+    database_num = len(results[0].database.rows)
+    queries_num = sum(len(r.queries.paths) for r in results)
     query_seconds = sum(r.seconds["describe_queries"] + r.seconds["search"] for r in results)
     return {
         "database": database_num, "queries": queries_num,

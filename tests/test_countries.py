@@ -14,7 +14,7 @@ from progeo.geo.countries import suggest_countries
 from progeo.geo.metrics import country_confusion
 from progeo.geo.places import world_cities
 from progeo.geo.probe import probe_classes
-from progeo.geo.report import ClassTable, Predictions, evaluate, true_classes
+from progeo.geo.report import ClassTable, Predictions, gem_metrics, true_classes
 from progeo.geo.templates import default_templates, render_texts
 
 PLACES = """name,country,lat,lon
@@ -98,18 +98,18 @@ def test_alias_and_code_spellings_give_identical_metrics(tmp_path, level):
     consistent = _labels(tmp_path)
     classes = ClassTable.from_places(places, level)
     pred = _fixed_predictions(classes, len(consistent))
-    reference = evaluate(pred, *_truth(consistent, classes, places))
+    reference = gem_metrics(pred, *_truth(consistent, classes, places))
     spellings = [dict(us="USA", fr="FRA", gb="UK"), dict(us="us", fr="fr", gb="GBR"),
                  dict(us="United States of America", fr="france", gb="Great Britain")]
     for i, names in enumerate(spellings):
         labels = _labels(tmp_path, name=f"labels{i}.csv", **names)
         assert labels.countries == consistent.countries  # stored under the display name
-        assert evaluate(pred, *_truth(labels, classes, places)) == reference
+        assert gem_metrics(pred, *_truth(labels, classes, places)) == reference
         # the places spelled differently, the labels as in the gazetteer: the same classes and metrics
         other = _places(tmp_path, name=f"places{i}.csv", **names)
         other_classes = ClassTable.from_places(other, level)
         assert other_classes.names == classes.names and other_classes.countries == classes.countries
-        assert evaluate(pred, *_truth(consistent, other_classes, other)) == reference
+        assert gem_metrics(pred, *_truth(consistent, other_classes, other)) == reference
 
 
 def _truth(labels, classes, places):

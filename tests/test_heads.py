@@ -99,7 +99,11 @@ def test_describe_channels_last_gives_the_same_descriptors(rn_model):
     x = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
     a = rn_model.describe(x, channels_last=False)
     b = rn_model.describe(x, channels_last=True)
-    assert rn_model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert rn_model.backbone.conv1.weight.is_contiguous()  # the layout is restored after the call
+    with rn_model.inference(channels_last=True):  # ... and kept for a block of calls
+        assert rn_model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+        np.testing.assert_allclose(rn_model.describe(x, channels_last=True), b, rtol=1e-5, atol=1e-6)
+    assert rn_model.backbone.conv1.weight.is_contiguous()
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 

@@ -22,7 +22,8 @@ from progeo.data.test_sets import TestSet
 from progeo.data.vg_names import format_vg_name, parse_vg_names
 from progeo.errors import ConfigError, DatasetError, ImageDecodeError
 from progeo.eval.localize_core import predictions_to_geojson, write_geojson
-from progeo.eval.localizer import Localizer, build_index_folder, coordinates_from_names, save_match_grid
+from progeo.eval.index import Index, coordinates_from_names
+from progeo.eval.localizer import Localizer, save_match_grid
 from progeo.eval.search import IndexConfig
 
 
@@ -50,9 +51,8 @@ class PixelDescriptor:
 @pytest.fixture(scope="module")
 def index_dir(tiny_world, tmp_path_factory):
     out = tmp_path_factory.mktemp("index") / "idx"
-    summary = build_index_folder(PixelDescriptor(), tiny_world / "test" / "database", out, model_ref="pixels",
-                                 progress=False)
-    assert summary.count == 192 and not summary.skipped_paths
+    index = Index.build(PixelDescriptor(), tiny_world / "test" / "database", out, model_ref="pixels", progress=False)
+    assert len(index) == 192 and not index.info["skipped_paths"] and index.path == out
     return out
 
 
@@ -158,10 +158,10 @@ def test_geojson_is_valid(index_dir, photos, tmp_path):
 def test_index_kinds_and_a_saved_model_copy(tiny_world, tmp_path):
     torch.manual_seed(0)
     model = progeo.build_model("tiny-vit")
-    build_index_folder(model, tiny_world / "test" / "database", tmp_path / "idx", index=IndexConfig(kind="hnsw"),
-                       model_ref="tiny-vit", progress=False)
+    Index.build(model, tiny_world / "test" / "database", tmp_path / "idx", index=IndexConfig(kind="hnsw"),
+                model_ref="tiny-vit", progress=False)
     localizer = progeo.Localizer.from_index(tmp_path / "idx")  # the model comes from the folder
-    assert localizer.index.ntotal == 192 and localizer.model.descriptor_dim == 64
+    assert len(localizer.index) == 192 and localizer.model.descriptor_dim == 64
     direct = model.describe(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
     assert np.allclose(localizer.model.describe(torch.zeros(1, 3, 64, 64, dtype=torch.uint8)), direct, atol=1e-5)
     assert len(localizer.localize(TestSet(tiny_world / "test").queries_paths[0], top_k=2)[0].matches) == 2

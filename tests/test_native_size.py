@@ -11,7 +11,7 @@ from progeo.cli import main as cli_main
 from progeo.data.vg_names import format_vg_name
 from progeo.errors import ConfigError
 from progeo.eval.descriptors_io import load_descriptors
-from progeo.eval.evaluate import EvalConfig, evaluate_test_set, open_test_sets
+from progeo.eval.evaluate import EvalConfig, evaluate
 from progeo.models.backbones import load_clip
 from progeo.models.checkpoints import load_model, read_model_config
 from progeo.models.geolocalizer import GeoLocalizer
@@ -69,7 +69,7 @@ def test_import_records_the_authors_protocol(imported):
 
 def test_eval_of_an_imported_resnet_uses_native_sizes(imported, test_set):
     model = load_model(imported[0])
-    result = evaluate_test_set(model, open_test_sets(test_set), EvalConfig(progress=False, amp=False))[0]
+    result = evaluate(model, test_set, cfg=EvalConfig(progress=False, amp=False))[0]
     db, q = result.database, result.queries
     np.testing.assert_allclose(db.descriptors, _native_reference(model, [db.paths[i] for i in db.rows]), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(q.descriptors, _native_reference(model, [q.paths[i] for i in q.rows]), rtol=1e-4, atol=1e-5)
@@ -101,4 +101,4 @@ def test_vit_import_resizes_its_test_images(test_set, tmp_path):
         import_checkpoint(tmp_path / "vit.pth", "tiny-vit", tmp_path / "n", test_resize=False)
     vit = load_model(tmp_path / "m")
     with pytest.raises(ConfigError, match="drop --native-size"):
-        evaluate_test_set(vit, open_test_sets(test_set), EvalConfig(progress=False, native_size=True))
+        evaluate(vit, test_set, cfg=EvalConfig(progress=False, native_size=True))

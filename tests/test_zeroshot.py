@@ -11,7 +11,7 @@ import pytest
 from progeo.errors import ConfigError, DatasetError
 from progeo.geo import Place, PlaceList
 from progeo.geo.labelled_images import LabelledImages
-from progeo.geo.report import ClassTable, Predictions, evaluate, rank_top_k, true_classes
+from progeo.geo.report import ClassTable, Predictions, gem_metrics, rank_top_k, true_classes
 from progeo.geo.zeroshot import (ZeroShotClassifier, aggregate_country_scores, ensemble_text_features,
                                  load_candidate_places, zeroshot_scores)
 
@@ -126,7 +126,7 @@ def test_metrics_against_hand_computed_distances():
     labels = _labels(["A1", "A1", "B3", "B1"], ["", "", "", ""], [0, 0, 0, 0], [0.0, 0.0, 10.0, 1.0])
     targets, countries = true_classes(labels, classes)
     assert targets.tolist() == [0, 0, 3, 1] and countries == ["Aland", "Aland", "Bland", "Bland"]
-    m = evaluate(pred, targets, labels.lat, labels.lon, countries)
+    m = gem_metrics(pred, targets, labels.lat, labels.lon, countries)
     # errors: 0, 1 degree, 0, 2 degrees of the equator
     assert m["top1"] == pytest.approx(0.5)
     assert m["top5"] is None  # only 4 classes: top-5 is not defined

@@ -150,11 +150,11 @@ def validate_world(world: Path) -> list:
 
 
 def _evaluate(model, world: Path, name: str, device: str, out: Path | None = None):
-    from progeo.eval.evaluate import EvalConfig, evaluate_test_set, open_test_sets
+    from progeo.eval.evaluate import EvalConfig, evaluate
     from progeo.eval.results import write_results
 
-    cfg = EvalConfig(device=device, batch_size=128, progress=False)
-    results = evaluate_test_set(model, open_test_sets(world / "test", QUERY_FOLDERS), cfg, model_name=name)
+    results = evaluate(model, world / "test", QUERY_FOLDERS, EvalConfig(device=device, batch_size=128, progress=False),
+                       model_name=name)
     if out is not None:
         write_results(results, out, run={"model": name}, grids=8, grid_k=5)
     return {r.queries_folder: {int(k): float(v) for k, v in r.recall.recalls.items()} for r in results}

@@ -208,9 +208,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from progeo.errors import ConfigError
-    from progeo.eval.evaluate import EvalConfig, evaluate_saved, evaluate_test_set, load_model_or_backbone, open_test_sets
-    from progeo.eval.results import dataset_names, format_results_table, write_results
+    from progeo.eval.evaluate import EvalConfig, evaluate, saved_descriptor_folders, saved_folder_names
+    from progeo.eval.results import format_results_table, write_results
     from progeo.eval.search import IndexConfig
+    from progeo.models.checkpoints import load_model_or_backbone
 
     device = _setup(args)
     if args.native_size and args.resize:
@@ -225,30 +226,18 @@ def _run_eval(args: argparse.Namespace) -> int:
     queries = args.queries or [None]
     results = []
     if args.descriptors:
-        root = Path(args.descriptors)
-        folders = [root] if (root / "database").is_dir() else sorted(p for p in root.iterdir() if (p / "database").is_dir())
-        if args.test_set and folders != [root]:
-            folders = [root / n.replace("/", "__") for n in dataset_names(args.test_set).values()]
-            missing = [f.name for f in folders if not (f / "database").is_dir()]
-            if missing:
-                raise ConfigError(f"--descriptors {root} has no saved descriptors for {', '.join(missing)}: "
-                                  f"save them with `progeo eval --model M --test-set ... --save-descriptors {root}`")
-        if not folders:
-            raise ConfigError(f"--descriptors {root}: no saved descriptors (a database/ folder) there; "
-                              "save them with `progeo eval --model M --test-set DIR --save-descriptors DIR`")
-        for folder in folders:
-            results += evaluate_saved(folder, queries, cfg)
+        for folder in saved_descriptor_folders(args.descriptors, args.test_set):
+            results += evaluate(folder, None, queries, cfg)
         model_name = results[0].queries.model
     else:
         if not args.test_set:
             raise ConfigError("--test-set DIR is needed with --model (a folder with database/ and queries*/)")
         model = load_model_or_backbone(args.model, device, cfg.image_size, args.weights)
         model_name = args.model
-        names = dataset_names(args.test_set)
+        names = saved_folder_names(args.test_set)
         for root in args.test_set:
-            save = Path(args.save_descriptors) / names[str(root)].replace("/", "__") if args.save_descriptors else None
-            results += evaluate_test_set(model, open_test_sets(root, queries, args.positive_dist), cfg,
-                                         model_name=model_name, save_dir=save)
+            save = Path(args.save_descriptors) / names[str(root)] if args.save_descriptors else None
+            results += evaluate(model, root, queries, cfg, model_name=model_name, save_dir=save)
     metric = results[0].metric
     print(format_results_table(results, title=f"{model_name} ({args.index} index, {metric} metric, "
                                               f"positives within {args.positive_dist:g} m)"))
@@ -261,22 +250,22 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 def _index_build(args: argparse.Namespace) -> int:
-    from progeo.eval.evaluate import load_model_or_backbone
-    from progeo.eval.localizer import build_index_folder
+    from progeo.eval.index import Index
     from progeo.eval.search import IndexConfig
+    from progeo.models.checkpoints import load_model_or_backbone
 
     device = _setup(args)
     model = load_model_or_backbone(args.model, device, _size(args), args.weights)
-    s = build_index_folder(model, args.database, args.out, index=IndexConfig(kind=args.index, metric=args.metric),
-                           model_ref=args.model, batch_size=args.batch_size, device=device,
-                           num_workers=_workers(args, device),
-                           on_bad_image=args.on_bad_image, image_size=_size(args), resize_mode=args.resize_mode,
-                           progress=args.progress, overwrite=args.overwrite)
-    rate = s.count / max(s.seconds["describe"], 1e-9)
-    print(f"indexed {s.count:,d} images ({args.index}, {s.metric} metric) in "
-          f"{s.seconds['describe'] + s.seconds['index']:.1f} s ({rate:.0f} images/s described) -> {s.path}")
-    if s.skipped_paths:
-        print(f"skipped {len(s.skipped_paths)} unreadable image(s), e.g. {s.skipped_paths[0]}")
+    index = Index.build(model, args.database, args.out, index=IndexConfig(kind=args.index, metric=args.metric),
+                        model_ref=args.model, overwrite=args.overwrite, batch_size=args.batch_size, device=device,
+                        num_workers=_workers(args, device), on_bad_image=args.on_bad_image, image_size=_size(args),
+                        resize_mode=args.resize_mode, progress=args.progress)
+    seconds, skipped = index.info["seconds"], index.info["skipped_paths"]
+    print(f"indexed {len(index):,d} images ({args.index}, {index.metric} metric) in "
+          f"{seconds['describe'] + seconds['index']:.1f} s ({len(index) / max(seconds['describe'], 1e-9):.0f} images/s "
+          f"described) -> {index.path}")
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}")
     return 0
 
 

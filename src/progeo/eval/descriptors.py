@@ -11,6 +11,7 @@ recorded in its metadata (``extra``: ``skipped_paths``, ``skipped_utms``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -72,15 +73,16 @@ def describe_files(model, paths: Sequence[str], *, batch_size: int = 64, device:
     out = None if writer and not keep_in_memory else np.zeros((len(paths), model.descriptor_dim), dtype=np.float32)
     rows, count, start = [], 0, time.perf_counter()
     try:
-        for images, indices in tqdm(batches, desc=desc, unit="batch", disable=not progress):
-            d = model.describe(images, device=device, amp=amp, channels_last=channels_last)
-            idx = indices.numpy()
-            if writer:
-                writer.append(d, [paths[i] for i in idx], utms[idx])
-            if out is not None:
-                out[count : count + len(idx)] = d
-            rows.append(idx)
-            count += len(idx)
+        with _inference(model, device, channels_last):
+            for images, indices in tqdm(batches, desc=desc, unit="batch", disable=not progress):
+                d = model.describe(images, device=device, amp=amp, channels_last=channels_last)
+                idx = indices.numpy()
+                if writer:
+                    writer.append(d, [paths[i] for i in idx], utms[idx])
+                if out is not None:
+                    out[count : count + len(idx)] = d
+                rows.append(idx)
+                count += len(idx)
         skipped = np.asarray(batches.skipped_indices, dtype=np.int64)
         if writer:
             extra = {**meta.extra, "skipped_paths": [paths[i] for i in skipped], "skipped_utms": utms[skipped].tolist()}
@@ -95,19 +97,38 @@ def describe_files(model, paths: Sequence[str], *, batch_size: int = 64, device:
     return Described(out[:count], rows_arr, paths, utms, skipped, time.perf_counter() - start, getattr(meta, "model", ""))
 
 
-def describe_paths(model, paths: Sequence[str], *, batch_size: int = 64, device: str | torch.device = "cpu",
-                   num_workers: int = 0, amp: bool = True, channels_last: bool | None = None,
-                   progress: bool = True, desc: str = "descriptors") -> np.ndarray:
-    """Descriptors (N x D float32) of image files that must all be readable, at the model's size."""
-    return describe_files(model, paths, batch_size=batch_size, device=device, num_workers=num_workers, amp=amp,
-                          channels_last=channels_last, progress=progress, desc=desc).descriptors
+def _inference(model, device, channels_last):
+    """The model ready on ``device`` for many batches (:meth:`GeoLocalizer.inference`), restored after."""
+    return model.inference(device, channels_last) if hasattr(model, "inference") else contextlib.nullcontext()
 
 
-def describe_images(model, images: torch.Tensor, *, batch_size: int = 64, device: str | torch.device = "cpu",
-                    amp: bool = True, channels_last: bool | None = None) -> np.ndarray:
-    """Descriptors (N x D float32) of already decoded uint8 images (N x 3 x H x W at the model's size)."""
-    out = [model.describe(images[s : s + batch_size], device=device, amp=amp, channels_last=channels_last)
-           for s in range(0, len(images), batch_size)]
+def are_paths(images) -> bool:
+    """Whether ``images`` is a path or a non-empty list of paths (not decoded images)."""
+    path = (str, os.PathLike)
+    return isinstance(images, path) or (isinstance(images, (list, tuple)) and bool(images)
+                                        and all(isinstance(i, path) for i in images))
+
+
+def describe(model, images, *, batch_size: int = 64, device: str | torch.device | None = None, num_workers: int = 0,
+             amp: bool = True, channels_last: bool | None = None, progress: bool = False) -> np.ndarray:
+    """Descriptors (N x D float32) of images: a path (image file or folder, its images in natural
+    order), a list of paths, a list of PIL images, or a tensor / array of images (uint8, or
+    normalized floats: see :meth:`GeoLocalizer.describe`). Files are decoded and resized to the
+    model's size and must all be readable. ``device``: None for where the model is.
+
+    The model is left as it was: train / eval mode, device and memory layout are restored."""
+    from progeo.eval.localizer import _as_uint8_batch, expand_photo_paths
+
+    dev = device if device is not None else getattr(model, "device", "cpu")
+    if are_paths(images):
+        return describe_files(model, expand_photo_paths(images), batch_size=batch_size, device=dev,
+                              num_workers=num_workers, amp=amp, channels_last=channels_last, progress=progress,
+                              desc="describing images").descriptors
+    if isinstance(images, (list, tuple)):
+        images = _as_uint8_batch(images, model.image_size)
+    with _inference(model, dev, channels_last):
+        out = [model.describe(images[s : s + batch_size], device=dev, amp=amp, channels_last=channels_last)
+               for s in range(0, len(images), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, model.descriptor_dim), dtype=np.float32)
 
 

@@ -1,11 +1,12 @@
 """Recall@N of a descriptor model on VG test sets: describe, index, search, count (SPEC 1.1).
 
-The composition behind ``progeo eval``, the training loop's validation and the demo:
+:func:`evaluate` is the one evaluation path: ``progeo eval``, the training loop's validation,
+the demo and the benchmarks all call it. For a model it does:
 
 1. descriptors of the database, in batches, decoded by parallel workers
    (:func:`progeo.data.images.iter_image_batches`: reduced-size JPEG decoding, the
    ``on_bad_image`` policy) and described by ``model.describe`` -- once per test set;
-2. a faiss index of them (:mod:`progeo.eval.search`, any :class:`IndexConfig` kind), searched
+2. a faiss index of them (:func:`progeo.eval.search.build_index`, any :class:`IndexConfig` kind), searched
    with the model's metric (:func:`model_metric`: cosine, or Euclidean distance for the
    ViT heads that do not normalize, as the ProGEO authors evaluate) unless the index config
    names one;
@@ -17,7 +18,7 @@ Bad images with ``on_bad_image="skip"``: a skipped database image is out of the 
 the positives; a skipped query keeps its row (ids ``-1``) and counts as a miss.
 
 Descriptors may be saved (``save_dir``: float16, memory-mapped, :mod:`progeo.eval.descriptors_io`)
-and evaluated later without the model (:func:`evaluate_saved`). Saving does not change the run's
+and evaluated later without the model (:func:`evaluate` given their folder). Saving does not change the run's
 own results: it searches the float32 descriptors it computed; a later evaluation of the saved
 float16 copy may differ by that rounding only. The metric and the skipped images are recorded in
 the saved metadata so that the later evaluation searches and counts the same way.
@@ -34,13 +35,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
+from progeo.data.test_sets import TestSet
 from progeo.errors import ConfigError, DatasetError
-from progeo.eval.descriptors import Described, describe_files, describe_images, describe_paths, load_described  # noqa: F401
+from progeo.eval.descriptors import Described, describe, describe_files, load_described
 from progeo.eval.recall import (DEFAULT_RECALL_VALUES, POSITIVE_DIST_M, RecallResult, clip_recall_values,
                                 compute_recalls_from_positives, prediction_distances)
-from progeo.eval.search import DEFAULT_METRIC, IndexConfig
+from progeo.eval.search import DEFAULT_METRIC, IndexConfig, build_index
 
 log = logging.getLogger(__name__)
 
@@ -124,45 +125,6 @@ def _with_metric(cfg: EvalConfig, metric: str | None) -> EvalConfig:
     return dataclasses.replace(cfg, index=cfg.index.with_default_metric(metric))
 
 
-def build_database_index(descriptors: np.ndarray, config: IndexConfig, progress: bool = True):
-    """The faiss index of the readable database images (ids = rows of ``descriptors``); faiss's
-    own training errors (too few vectors for ``ivfpq``) become a :class:`ConfigError`."""
-    from progeo.eval.search import build_index
-
-    if not len(descriptors):
-        raise DatasetError("no readable database image: nothing to search (check the database folder)")
-    try:
-        return build_index(descriptors, config, progress=progress)
-    except RuntimeError as exc:
-        raise ConfigError(f"cannot build the {config.kind} index of {len(descriptors)} database vectors "
-                          f"({str(exc).splitlines()[-1].strip()}); use --index flat or hnsw for a small database") from exc
-
-
-def evaluate_queries(index, database: Described, queries: Described, cfg: EvalConfig, *, dataset: str = "",
-                     queries_folder: str = "", positives=None) -> FolderResult:
-    """Search every query at once (in ``query_batch_size`` blocks) and count recall@N.
-
-    ``positives``: precomputed CSR positives over the readable database (else computed here).
-    """
-    from progeo.data.test_sets import positives_within
-    from progeo.eval.search import search
-
-    k = max(1, min(cfg.k or max(cfg.recall_values), len(database.rows)))
-    start = time.perf_counter()
-    scores = np.full((len(queries.paths), k), -np.inf, dtype=np.float32)
-    predictions = np.full((len(queries.paths), k), -1, dtype=np.int64)
-    if len(queries.rows):
-        scores[queries.rows], predictions[queries.rows] = search(
-            index, queries.descriptors, k, batch_size=cfg.query_batch_size or 4096, metric=cfg.index.search_metric)
-    search_seconds = time.perf_counter() - start
-    if positives is None:
-        positives = positives_within(queries.utms, database.utms[database.rows], cfg.positive_dist)
-    recall = compute_recalls_from_positives(predictions, positives.indptr, positives.indices, cfg.recall_values)
-    seconds = {"describe_database": database.seconds, "describe_queries": queries.seconds, "search": search_seconds}
-    return FolderResult(dataset, queries_folder, recall, predictions, scores, database, queries, seconds,
-                        metric=cfg.index.search_metric)
-
-
 def eval_image_size(model, cfg: EvalConfig) -> tuple[int, int] | None:
     """The size test images are resized to, or None for their native size (ResNet models only)."""
     if cfg.image_size:
@@ -177,56 +139,94 @@ def eval_image_size(model, cfg: EvalConfig) -> tuple[int, int] | None:
     return None
 
 
-def load_model_or_backbone(spec: str, device: str | torch.device = "cpu", image_size=None, weights=None):
-    """A saved model (folder or ``.safetensors`` file), or for a backbone name (``RN50:openai``,
-    ``ViT-B/16:openai``, ``tiny-vit``) a new, not trained model: the zero-shot baseline.
+def saved_folder_names(roots: Sequence[str | os.PathLike]) -> dict[str, str]:
+    """The sub-folder of a descriptors folder (``save_dir``) that holds each test set's (keys: ``str(root)``)."""
+    from progeo.eval.results import dataset_names
 
-    ``image_size`` (height, width): the input size; a saved ViT keeps its own. ``weights``: a
-    local CLIP weights file for a backbone name (offline use).
+    return {r: n.replace("/", "__") for r, n in dataset_names(roots).items()}
+
+
+def saved_descriptor_folders(root: str | os.PathLike, test_sets: Sequence[str | os.PathLike] = ()) -> list[Path]:
+    """The saved-descriptors folders (each with ``database/``) in ``root``: ``root`` itself, or its
+    sub-folders, one per test set; ``test_sets`` picks those of these test set folders."""
+    root = Path(root)
+    if (root / DATABASE_SPLIT).is_dir():
+        return [root]
+    folders = sorted(p for p in root.iterdir() if (p / DATABASE_SPLIT).is_dir()) if root.is_dir() else []
+    if not folders:
+        raise ConfigError(f"--descriptors {root}: no saved descriptors (a database/ folder) there; "
+                          "save them with `progeo eval --model M --test-set DIR --save-descriptors DIR`")
+    if test_sets:
+        folders = [root / n for n in saved_folder_names(test_sets).values()]
+        missing = [f.name for f in folders if not (f / DATABASE_SPLIT).is_dir()]
+        if missing:
+            raise ConfigError(f"--descriptors {root} has no saved descriptors for {', '.join(missing)}: "
+                              f"save them with `progeo eval --model M --test-set ... --save-descriptors {root}`")
+    return folders
+
+
+def evaluate(source, test_set=None, queries: str | Sequence[str | None] | None = None, cfg: EvalConfig = EvalConfig(),
+             *, model_name: str = "", save_dir: str | os.PathLike | None = None, images=None) -> list[FolderResult]:
+    """Recall@N of ``source`` on a test set: one :class:`FolderResult` per query folder.
+
+    ``source``: a model (a :class:`~progeo.models.GeoLocalizer`, or anything with ``describe``,
+    ``descriptor_dim`` and ``image_size``), or a folder of descriptors saved by an earlier
+    evaluation (``save_dir``; no model and no image needed; searched with the metric saved with
+    them unless ``cfg.index`` names one).
+    ``test_set``: a :class:`~progeo.data.test_sets.TestSet` or a test set folder (``database/`` and
+    ``queries*/``); with saved descriptors it is optional and picks its own out of a folder of several.
+    ``queries``: query folder names, or ``"all"`` for every ``queries*`` folder; None: the
+    TestSet's own, else the default folder (``queries``, or the only one).
+    ``save_dir``: keep the descriptors there (``database/`` and one folder per query folder); the
+    run itself searches the float32 descriptors it computed, whether it saves them or not.
+    ``images``: the set's images already decoded (uint8, database then queries, at the model's
+    size), as a training run that validates every epoch keeps them.
+
+    The database is described and indexed once for all query folders; the model is left as it
+    was (mode, device, memory layout).
     """
-    from progeo.models import build_model, load_model
-
-    looks_like_path = spec.endswith(".safetensors") or (os.sep in spec and ":" not in spec)
-    if Path(spec).exists() or looks_like_path:
-        model = load_model(spec, device)
-        if image_size and tuple(image_size) != tuple(model.image_size) and getattr(model, "family", "resnet") != "resnet":
-            raise ConfigError(f"{spec} is a ViT model of {model.image_size[0]}x{model.image_size[1]} px: it cannot "
-                              f"take {image_size[0]}x{image_size[1]} images; drop --resize")
-        return model
-    return build_model(spec, image_size=tuple(image_size) if image_size else None, weights=weights, device=device).eval()
+    if queries is None or isinstance(queries, str):
+        queries = [queries or getattr(test_set, "queries_folder", None)]
+    if isinstance(source, (str, os.PathLike)):
+        roots = [] if test_set is None else [test_set.root if isinstance(test_set, TestSet) else test_set]
+        return [r for folder in saved_descriptor_folders(source, roots) for r in _evaluate_saved(folder, queries, cfg)]
+    if test_set is None:
+        raise ConfigError("evaluate(model, ...) needs the test set: a TestSet or a folder with database/ and queries*/")
+    return _evaluate_model(source, _test_sets(test_set, queries, cfg.positive_dist), cfg, model_name, save_dir, images)
 
 
-def open_test_sets(root: str | os.PathLike, queries_folders: Sequence[str | None] = (None,),
-                   positive_dist: float = POSITIVE_DIST_M) -> list:
-    """One :class:`~progeo.data.test_sets.TestSet` per query folder of ``root``; ``None`` picks the
-    default folder, ``"all"`` every ``queries*`` folder."""
-    from progeo.data.test_sets import TestSet, list_query_folders
+def _test_sets(test_set, queries: Sequence[str | None], positive_dist: float) -> list:
+    """One TestSet per query folder name (``"all"``: every ``queries*`` folder), reusing ``test_set`` if it is one."""
+    from progeo.data.test_sets import list_query_folders
 
+    root = test_set.root if isinstance(test_set, TestSet) else test_set
     names: list[str | None] = []
-    for name in queries_folders or (None,):
+    for name in queries or (None,):
         found = list_query_folders(root) if name == "all" else [name]
         if name == "all" and not found:
             raise DatasetError(f"no query folder (queries*) in {root}: --queries all found nothing")
         names.extend(n for n in found if n is None or n not in names)
-    return [TestSet(root, name, positive_dist) for name in names]
+    return [test_set if isinstance(test_set, TestSet) and name == test_set.queries_folder
+            and test_set.positive_dist_threshold == positive_dist else TestSet(root, name, positive_dist)
+            for name in names]
 
 
-def evaluate_test_set(model, test_sets: Sequence, cfg: EvalConfig = EvalConfig(), *, model_name: str = "",
-                      save_dir: str | os.PathLike | None = None) -> list[FolderResult]:
-    """Evaluate ``model`` on each of ``test_sets`` (query folders of one test set, see
-    :func:`open_test_sets`): the database is described and indexed once. ``save_dir``: keep the
-    descriptors there (``database/`` and one folder per query folder); the run itself searches
-    the float32 descriptors it computed, whether it saves them or not."""
+def _evaluate_model(model, test_sets: list, cfg: EvalConfig, model_name: str, save_dir, images) -> list[FolderResult]:
     from progeo.eval.descriptors_io import DescriptorsMeta
 
     cfg = _with_metric(cfg, model_metric(model))
     first = test_sets[0]
-    if any(t.root != first.root for t in test_sets):
-        raise ConfigError("evaluate_test_set: every test set must share one database (one root folder)")
     size = eval_image_size(model, cfg)
-    was_training = getattr(model, "training", False)
+    if images is not None and (len(test_sets) != 1 or len(images) != len(first)):
+        raise ConfigError(f"images: {len(images)} decoded images for {len(first)} database + query images "
+                          f"of {len(test_sets)} query folder(s); give the images of one query folder's test set")
 
-    def describe(paths, utms, split, batch_size):
+    def described(paths, utms, split, batch_size, offset):
+        if images is not None:
+            start = time.perf_counter()
+            d = describe(model, images[offset : offset + len(paths)], batch_size=batch_size, device=cfg.device,
+                         amp=cfg.amp, channels_last=cfg.channels_last)
+            return Described(d, np.arange(len(paths)), paths, utms, seconds=time.perf_counter() - start)
         meta = DescriptorsMeta(model=model_name, image_size=size, dataset=os.path.abspath(first.root), split=split,
                                metric=cfg.index.search_metric)
         return describe_files(model, paths, batch_size=batch_size, device=cfg.device, num_workers=cfg.num_workers,
@@ -235,77 +235,57 @@ def evaluate_test_set(model, test_sets: Sequence, cfg: EvalConfig = EvalConfig()
                               desc=f"describing {first.root.name}/{split}", utms=utms, meta=meta,
                               save_dir=None if save_dir is None else Path(save_dir) / split, keep_in_memory=True)
 
-    try:
-        database = describe(first.database_paths, first.database_utms, DATABASE_SPLIT, cfg.batch_size)
-        start = time.perf_counter()
-        index = build_database_index(database.descriptors, cfg.index, cfg.progress)
-        index_seconds = time.perf_counter() - start
-        results = []
-        for test_set in test_sets:
-            queries = describe(test_set.queries_paths, test_set.queries_utms, test_set.queries_folder,
-                               cfg.query_batch_size or cfg.batch_size)
-            positives = None if len(database.skipped) else test_set.positives
-            result = evaluate_queries(index, database, queries, cfg, dataset=os.path.abspath(test_set.root),
-                                      queries_folder=test_set.queries_folder, positives=positives)
-            result.seconds["index"], result.image_size = index_seconds, size
-            results.append(result)
-    finally:
-        if hasattr(model, "train"):
-            model.train(was_training)
-    return results
+    database = described(first.database_paths, first.database_utms, DATABASE_SPLIT, cfg.batch_size, 0)
+    folders = ((t.queries_folder, described(t.queries_paths, t.queries_utms, t.queries_folder,
+                                            cfg.query_batch_size or cfg.batch_size, first.database_num),
+                None if len(database.skipped) else t.positives) for t in test_sets)
+    return _search_and_count(database, folders, cfg, os.path.abspath(first.root), size, images is None)
 
 
-def evaluate_saved(folder: str | os.PathLike, queries_folders: Sequence[str | None] = (None,),
-                   cfg: EvalConfig = EvalConfig()) -> list[FolderResult]:
-    """Evaluate descriptors saved by :func:`evaluate_test_set` (no model, no images needed);
-    ``queries_folders`` as in :func:`open_test_sets`; the metric is the one saved with them
-    (cosine for descriptors saved before it was recorded) unless ``cfg.index`` names one."""
+def _evaluate_saved(folder: Path, queries: Sequence[str | None], cfg: EvalConfig) -> list[FolderResult]:
     from progeo.data.test_sets import list_query_folders, select_query_folder
     from progeo.eval.descriptors_io import load_descriptors
 
-    folder = Path(folder)
+    database = load_described(folder / DATABASE_SPLIT)
     meta = load_descriptors(folder / DATABASE_SPLIT).meta
     cfg = _with_metric(cfg, meta.metric or DEFAULT_METRIC)
-    database = load_described(folder / DATABASE_SPLIT)
+    names = [n for q in queries for n in (list_query_folders(folder) if q == "all" else [select_query_folder(folder, q)])]
+
+    def folders():
+        for name in dict.fromkeys(names):
+            found = load_described(folder / name)
+            if found.model != database.model:
+                raise DatasetError(f"{folder / name} was described by {found.model!r} but its database by "
+                                   f"{database.model!r}; save both with the same model")
+            yield name, found, None
+
+    return _search_and_count(database, folders(), cfg, meta.dataset, meta.image_size and tuple(meta.image_size))
+
+
+def _search_and_count(database: Described, folders, cfg: EvalConfig, dataset: str, image_size,
+                      progress: bool = True) -> list[FolderResult]:
+    """Index the database, then for each ``(name, queries, positives)`` of ``folders`` search every query
+    at once (in ``query_batch_size`` blocks) and count recall@N; ``positives``: precomputed CSR
+    positives over the readable database, or None to compute them here."""
+    from progeo.data.test_sets import positives_within
+    from progeo.eval.search import search
+
     start = time.perf_counter()
-    index = build_database_index(database.descriptors, cfg.index, cfg.progress)
-    index_seconds = time.perf_counter() - start
-    names = [n for q in (queries_folders or (None,))
-             for n in (list_query_folders(folder) if q == "all" else [select_query_folder(folder, q)])]
+    index = build_index(database.descriptors, cfg.index, progress=cfg.progress and progress)
+    index_seconds, k = time.perf_counter() - start, max(1, min(cfg.k or max(cfg.recall_values), len(database.rows)))
     results = []
-    for name in dict.fromkeys(names):
-        queries = load_described(folder / name)
-        if queries.model != database.model:
-            raise DatasetError(f"{folder / name} was described by {queries.model!r} but its database by "
-                               f"{database.model!r}; save both with the same model")
-        result = evaluate_queries(index, database, queries, cfg, dataset=meta.dataset, queries_folder=name)
-        result.seconds["index"], result.image_size = index_seconds, meta.image_size and tuple(meta.image_size)
-        results.append(result)
+    for name, queries, positives in folders:
+        start = time.perf_counter()
+        scores = np.full((len(queries.paths), k), -np.inf, dtype=np.float32)
+        predictions = np.full((len(queries.paths), k), -1, dtype=np.int64)
+        if len(queries.rows):
+            scores[queries.rows], predictions[queries.rows] = search(
+                index, queries.descriptors, k, batch_size=cfg.query_batch_size or 4096, metric=cfg.index.search_metric)
+        seconds = {"describe_database": database.seconds, "describe_queries": queries.seconds,
+                   "search": time.perf_counter() - start, "index": index_seconds}
+        if positives is None:
+            positives = positives_within(queries.utms, database.utms[database.rows], cfg.positive_dist)
+        recall = compute_recalls_from_positives(predictions, positives.indptr, positives.indices, cfg.recall_values)
+        results.append(FolderResult(dataset, name, recall, predictions, scores, database, queries, seconds,
+                                    image_size, cfg.index.search_metric))
     return results
-
-
-def evaluate(model, test_set, *, batch_size: int = 64, device: str | torch.device = "cpu", num_workers: int = 0,
-             recall_values: Sequence[int] = DEFAULT_RECALL_VALUES, amp: bool = True,
-             channels_last: bool | None = None, progress: bool = True,
-             images: torch.Tensor | None = None, **options) -> RecallResult:
-    """Recall@N (percent) of ``model`` on ``test_set`` (a :class:`progeo.data.test_sets.TestSet`).
-
-    ``images``: the set's images already decoded (uint8, database then queries, at the model's
-    size), e.g. kept in memory by a training run that validates every epoch. ``options``: more
-    :class:`EvalConfig` fields (``on_bad_image``, ``index``, ``query_batch_size``, ``image_size``...).
-    """
-    cfg = EvalConfig(batch_size=batch_size, device=str(device), num_workers=num_workers,
-                     recall_values=tuple(recall_values), amp=amp, channels_last=channels_last, progress=progress,
-                     positive_dist=test_set.positive_dist_threshold, **options)
-    cfg = _with_metric(cfg, model_metric(model))
-    if images is None:
-        return evaluate_test_set(model, [test_set], cfg)[0].recall
-    was_training = getattr(model, "training", False)
-    descs = describe_images(model, images, batch_size=batch_size, device=device, amp=amp, channels_last=channels_last)
-    if hasattr(model, "train"):
-        model.train(was_training)
-    n = test_set.database_num
-    database = Described(descs[:n], np.arange(n), test_set.database_paths, test_set.database_utms)
-    queries = Described(descs[n:], np.arange(len(descs) - n), test_set.queries_paths, test_set.queries_utms)
-    index = build_database_index(database.descriptors, cfg.index, progress=False)
-    return evaluate_queries(index, database, queries, cfg, positives=test_set.positives).recall

@@ -207,11 +207,25 @@ def build_index(
     ``config.metric`` (unset: cosine).
 
     Row ``i`` of ``descriptors`` gets id ``i``. Search-time parameters (``nprobe``,
-    ``ef_search``) are applied to the returned index.
+    ``ef_search``) are applied to the returned index. No vector, or too few for faiss to train
+    on, is a :class:`DatasetError` / :class:`ConfigError`.
     """
     _check_descriptors(descriptors, "descriptors")
     database_num, dim = descriptors.shape
+    if not database_num:
+        raise DatasetError("no readable database image: nothing to search (check the database folder)")
     config = config.resolved(database_num, dim)
+    try:
+        index = _fill(descriptors, config, chunk_size, threads, progress)
+    except RuntimeError as exc:  # faiss's own training errors (too few vectors for ivfpq)
+        raise ConfigError(f"cannot build the {config.kind} index of {database_num} database vectors "
+                          f"({str(exc).splitlines()[-1].strip()}); use --index flat or hnsw for a small database") from exc
+    apply_search_params(index, config)
+    return index
+
+
+def _fill(descriptors: np.ndarray, config: IndexConfig, chunk_size: int, threads: int | None, progress: bool):
+    database_num, dim = descriptors.shape
     with faiss_threads(threads):
         index = _empty_index(config, dim)
         if not index.is_trained:
@@ -230,7 +244,6 @@ def build_index(
         else:
             for start in bar:
                 index.add(_as_float32(descriptors[start : start + chunk_size], config.search_metric))
-    apply_search_params(index, config)
     return index
 
 

@@ -19,7 +19,7 @@ from progeo.geo.features import ImageFeatures, ModelSpec, image_features, load_g
 from progeo.geo.gem_report import places_from_world, run_gem_report
 from progeo.geo.probe import LinearProbe, load_probe
 from progeo.geo.probe_fit import ProbeEvalConfig, ProbeFitConfig, evaluate_probe, fit_probe, run_probe_eval, run_probe_fit
-from progeo.geo.report import ClassTable, GemRun, Predictions, evaluate, metrics_table, true_classes
+from progeo.geo.report import ClassTable, GemRun, Predictions, gem_metrics, metrics_table, true_classes
 from progeo.geo.templates import (
     CITY_TEMPLATES,
     COUNTRY_TEMPLATES,
@@ -46,6 +46,6 @@ __all__ = [
     "validate_templates",
     "ImageFeatures", "ModelSpec", "image_features", "load_gem_model", "places_from_world", "run_gem_report",
     "LinearProbe", "load_probe", "ProbeEvalConfig", "ProbeFitConfig", "evaluate_probe", "fit_probe", "run_probe_eval",
-    "run_probe_fit", "ClassTable", "GemRun", "Predictions", "evaluate", "metrics_table", "true_classes",
+    "run_probe_fit", "ClassTable", "GemRun", "Predictions", "gem_metrics", "metrics_table", "true_classes",
     "ZeroShotClassifier", "ZeroShotConfig", "build_zeroshot_classifier", "load_candidate_places", "run_zeroshot",
 ]

@@ -6,7 +6,7 @@
   written as CSV or JSON;
 - :func:`true_classes`: each labelled image's class (its city label matched against the
   classes, or, without a city label as in IM2GPS3k, the nearest class/candidate place);
-- :func:`evaluate`: top-1/top-5, shares within 1/25/200/750/2500 km, median km and the
+- :func:`gem_metrics`: top-1/top-5, shares within 1/25/200/750/2500 km, median km and the
   per-country confusion table (:mod:`progeo.geo.metrics`);
 - :func:`metrics_table`: one row per run, as Markdown or plain text.
 
@@ -258,11 +258,11 @@ def evaluate_labelled(pred: Predictions, labels: LabelledImages, rows: np.ndarra
     countries = [true_countries[i] for i in rows]
     pred.set_truth(labels.lat[rows], labels.lon[rows], [labels.cities[i] if labels.cities else "" for i in rows],
                    countries)
-    return evaluate(pred, targets[rows], labels.lat[rows], labels.lon[rows], countries)
+    return gem_metrics(pred, targets[rows], labels.lat[rows], labels.lon[rows], countries)
 
 
-def evaluate(pred: Predictions, targets: np.ndarray, true_lat: np.ndarray, true_lon: np.ndarray,
-             true_countries: Sequence[str]) -> dict[str, Any]:
+def gem_metrics(pred: Predictions, targets: np.ndarray, true_lat: np.ndarray, true_lon: np.ndarray,
+                true_countries: Sequence[str]) -> dict[str, Any]:
     """All GEM metrics of ``pred`` against the truth; ``top5`` is None with fewer than 5 classes."""
     ks = (1, 5) if pred.top_index.shape[1] >= 5 else (1,)
     m = geo_metrics(true_lat=true_lat, true_lon=true_lon, pred_lat=pred.pred_lat, pred_lon=pred.pred_lon,

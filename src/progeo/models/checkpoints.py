@@ -127,3 +127,29 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> GeoLocal
                      f"saved model {path} (config: {config.arch}, head {config.head}, fc_output_dim {config.fc_output_dim})")
     model.load_state_dict(state)
     return model.to(resolve_device(device)).eval()
+
+
+def load_model_or_backbone(ref: str | Path, device: str | torch.device = "cpu", image_size=None,
+                           weights=None) -> GeoLocalizer:
+    """A model by reference, resolved by lookup, not by the string's shape: an existing file or
+    folder is a saved model; else a backbone the registry knows, ``ARCH[:TAG]`` (``ViT-B/16:openai``,
+    ``tiny-vit``), is a new, not trained model (``weights``: a local CLIP weights file); else one
+    error says what was tried. ``image_size`` (height, width): the input size; a saved ViT keeps its own.
+    """
+    from progeo.models.geolocalizer import build_model
+    from progeo.models.registry import split_backbone_spec
+
+    path = Path(ref).expanduser()
+    if path.exists():
+        model = load_model(path, device)
+        if image_size and tuple(image_size) != tuple(model.image_size) and model.family != "resnet":
+            raise ConfigError(f"{ref} is a ViT model of {model.image_size[0]}x{model.image_size[1]} px: it cannot "
+                              f"take {image_size[0]}x{image_size[1]} images; drop --resize")
+        return model
+    try:
+        split_backbone_spec(str(ref))
+    except ConfigError as exc:
+        raise ConfigError(f"no saved model or backbone {str(ref)!r}: tried a saved model at {path.absolute()} (no such "
+                          f"file or folder) and the backbone registry ({exc})") from None
+    return build_model(str(ref), image_size=tuple(image_size) if image_size else None, weights=weights,
+                       device=device).eval()

@@ -34,7 +34,7 @@ from progeo.models import backbones
 from progeo.models.backbones import ClipModel, PreprocessConfig
 from progeo.models.freezing import freeze_visual
 from progeo.models.heads import ClipEmbeddingHead, GeMHead
-from progeo.models.inference import prepare, run_batched
+from progeo.models.inference import evaluating, run_batched
 
 log = logging.getLogger(__name__)
 
@@ -189,22 +189,29 @@ class GeoLocalizer(nn.Module):
 
     def describe(self, images, device: str | torch.device | None = None, *, batch_size: int | None = None,
                  normalized: bool | None = None, amp: bool = True, channels_last: bool | None = None) -> np.ndarray:
-        """Descriptors of a batch of images as a float32 numpy array (B x D), in eval mode.
+        """Descriptors of a batch of images as a float32 numpy array (B x D), computed in eval mode;
+        the model's mode, device and memory layout are left as they were.
 
         ``images``: a tensor or array, B x 3 x H x W or B x H x W x 3 (a single image may omit B).
         uint8 images (0..255) are scaled and normalized with ``preprocess_config`` on the device;
         float images are taken as already normalized unless ``normalized=False`` (then in 0..1).
-        ``device``: moves the model there (None: where it is). Mixed precision where the device
-        supports it (``amp``); channels-last memory layout if ``channels_last`` (None: for
-        ResNets on devices where convolutions prefer it).
+        ``device``: where to compute (None: where the model is; another device moves the model
+        there and back for this call: for many batches use :func:`progeo.describe` or
+        :meth:`inference`). Mixed precision where the device supports it (``amp``); channels-last
+        memory layout if ``channels_last`` (None: for ResNets on devices where convolutions prefer it).
         """
-        dev = resolve_device(device) if device is not None else self.device
-        use_cl = (self.family == "resnet" and prefers_channels_last(dev)) if channels_last is None else channels_last
-        prepare(self, dev, use_cl)
-        return run_batched(self, images, self.preprocess_config, dev, self.descriptor_dim, batch_size=batch_size,
-                           normalized=normalized, amp=amp, channels_last=use_cl)
+        with self.inference(device, channels_last) as dev:
+            return run_batched(self, images, self.preprocess_config, dev, self.descriptor_dim, batch_size=batch_size,
+                               normalized=normalized, amp=amp, channels_last=self._channels_last(dev, channels_last))
 
-    encode = describe
+    def inference(self, device: str | torch.device | None = None, channels_last: bool | None = None):
+        """A context manager: the model in eval mode on ``device`` (None: where it is) in the memory
+        layout ``describe`` uses there, for a block of ``describe`` calls; restored after the block."""
+        dev = resolve_device(device) if device is not None else self.device
+        return evaluating(self, dev, self._channels_last(dev, channels_last))
+
+    def _channels_last(self, dev: torch.device, channels_last: bool | None) -> bool:
+        return (self.family == "resnet" and prefers_channels_last(dev)) if channels_last is None else channels_last
 
     # -- training helpers ----------------------------------------------------------------------
 

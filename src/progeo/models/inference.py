@@ -8,7 +8,8 @@ feature caching and GEM zero-shot / linear-probe features (:func:`encode_images`
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import contextlib
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +43,32 @@ def prepare(module: nn.Module, device, channels_last: bool) -> torch.device:
     module.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     module.eval()
     return dev
+
+
+def _is_channels_last(module: nn.Module) -> bool:
+    """Whether the first convolution's weight (3 x 3 or larger: its layout tells) is channels-last."""
+    first = next((p for p in module.parameters() if p.dim() == 4), None)
+    return first is not None and not first.is_contiguous()
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module, device=None, channels_last: bool = False) -> Iterator[torch.device]:
+    """``module`` in eval mode on ``device`` (None: where it is) in the wanted memory layout for the
+    block; its mode, device and layout are restored after (moved only where they differ: nested
+    blocks and a model already in place cost nothing)."""
+    was_training, before = module.training, next(module.parameters()).device
+    was_cl = _is_channels_last(module)
+    dev = resolve_device(device) if device is not None else before
+    moved = dev.type != before.type or dev.index not in (None, before.index) or bool(channels_last) != was_cl
+    if moved:
+        prepare(module, dev, channels_last)
+    module.eval()
+    try:
+        yield before if not moved else dev
+    finally:
+        if moved:
+            module.to(before, memory_format=torch.channels_last if was_cl else torch.contiguous_format)
+        module.train(was_training)
 
 
 def run_batched(fn: Callable[[torch.Tensor], torch.Tensor], images, preprocess, device: torch.device, out_dim: int, *,

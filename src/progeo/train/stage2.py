@@ -199,14 +199,14 @@ class Stage2(TrainingStage):
 
 def _test(cfg, best: Path, device) -> dict[str, dict]:
     """Test recalls of the best model on every test query folder (the database described once)."""
-    from progeo.eval.evaluate import EvalConfig, evaluate_test_set, open_test_sets
+    from progeo.eval.evaluate import EvalConfig, evaluate
     from progeo.models.checkpoints import load_model
 
     model = load_model(best, device=device)
     eval_cfg = EvalConfig(positive_dist=cfg.positive_dist, recall_values=tuple(cfg.recall_values),
                           batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers, device=str(device),
                           amp=cfg.amp, progress=cfg.progress)
-    results = evaluate_test_set(model, open_test_sets(cfg.test_set, cfg.test_queries, cfg.positive_dist), eval_cfg)
+    results = evaluate(model, cfg.test_set, cfg.test_queries, eval_cfg)
     out = {}
     for r in results:
         log.info("test %s: %s", r.queries_folder, ", ".join(f"R@{n} {v:.1f}" for n, v in r.recall.recalls.items()))

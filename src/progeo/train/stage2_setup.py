@@ -139,9 +139,9 @@ def _text_features(cfg: Stage2Config, clip, groups, device: torch.device) -> lis
 
 def evaluate_model(model, test_set, cfg: Stage2Config, device: torch.device, images: torch.Tensor | None = None) -> dict:
     """Recall@N of ``model`` on ``test_set`` as a JSON-ready dict (``{"R@1": ..., ...}``)."""
-    from progeo.eval.evaluate import evaluate
+    from progeo.eval.evaluate import EvalConfig, evaluate
 
-    result = evaluate(model, test_set, batch_size=cfg.eval_batch_size, device=device, num_workers=cfg.num_workers,
-                      recall_values=cfg.recall_values, amp=cfg.amp, channels_last=False, progress=cfg.progress,
-                      images=images)
-    return result.as_dict()
+    eval_cfg = EvalConfig(positive_dist=test_set.positive_dist_threshold, recall_values=tuple(cfg.recall_values),
+                          batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers, device=str(device), amp=cfg.amp,
+                          channels_last=False, progress=cfg.progress)
+    return evaluate(model, test_set, cfg=eval_cfg, images=images)[0].recall.as_dict()
