@@ -149,9 +149,11 @@ def image_features(
 
     try:
         return extract(bad)
-    except ImageDecodeError:
-        if on_bad_image == "fail":
-            raise
+    except ImageDecodeError as exc:
+        if on_bad_image == "fail":  # the shared feature extractor is also training's, which has no skip option
+            from progeo.data.images import SKIP_HINT
+
+            raise ImageDecodeError(f"{exc}{SKIP_HINT}") from exc
     bad = _scan_bad(clip, paths, image_size, batch_size, num_workers)
     _remember_bad(paths, bad, folder)
     log.warning("leaving out %d undecodable image(s) of %d (on_bad_image=skip), e.g. %s",
