@@ -1,10 +1,55 @@
-"""Shared fixtures."""
+"""Shared fixtures, and the rule that no test touches the network."""
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from pathlib import Path
 
 import pytest
+
+
+class NetworkUsed(RuntimeError):
+    """A test resolved or connected to a host that is not this machine."""
+
+
+def _is_local(host) -> bool:
+    if isinstance(host, bytes):
+        host = host.decode()
+    if host in (None, "", "localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(str(host).split("%")[0])
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
+
+
+def _refuse(host) -> NetworkUsed:
+    return NetworkUsed(f"a test tried to reach {host!r}; tests must not touch the network: mock the call "
+                       f"(e.g. monkeypatch socket.create_connection) or use the local synthetic data")
+
+
+def pytest_configure(config):
+    """From collection on, resolving or connecting to a non-local host raises :class:`NetworkUsed`
+    (not an ``OSError``, which code would take for "offline" and carry on)."""
+    real_getaddrinfo, real_connect, real_connect_ex = socket.getaddrinfo, socket.socket.connect, socket.socket.connect_ex
+
+    def getaddrinfo(host, *args, **kwargs):
+        if not _is_local(host):
+            raise _refuse(host)
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    def checked(real):
+        def connect(self, address):
+            if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_local(address[0]):
+                raise _refuse(address[0])
+            return real(self, address)
+        return connect
+
+    socket.getaddrinfo = getaddrinfo
+    socket.socket.connect = checked(real_connect)
+    socket.socket.connect_ex = checked(real_connect_ex)
 
 
 @pytest.fixture(scope="module")

@@ -85,12 +85,20 @@ def test_offline_by_environment_and_unreachable_host(empty_caches, monkeypatch):
         load_clip("ViT-B-16:openai")
 
 
-@pytest.mark.skipif(pretrained._reachable("huggingface.co", timeout=2.0), reason="network up: this would download RN50")
-def test_no_network_gives_the_download_message_unmocked(empty_caches, monkeypatch):
+def test_no_network_gives_the_download_message(empty_caches, monkeypatch):
+    """The real reachability check, with a socket layer that refuses (nothing leaves the machine)."""
+    tried = []
+
+    def refuse(address, timeout=None, *args, **kwargs):
+        tried.append((address, timeout))
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(pretrained.socket, "create_connection", refuse)
     monkeypatch.delenv("PROGEO_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(CheckpointError, match=r"RN50:openai are not in the local cache and huggingface.co cannot be reached"):
         load_clip("RN50:openai")
+    assert [address for address, _ in tried] == [("huggingface.co", 443)]
 
 
 def test_cached_url_weights_are_found(empty_caches):

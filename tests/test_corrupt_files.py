@@ -163,6 +163,7 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_damaged_model_and_index_in_a_real_process(files, tiny_world, tmp_path):
     """The issue's reports: `progeo eval --model M` with a truncated M/model.safetensors printed a
     20-line SafetensorError traceback, a truncated index.faiss faiss's C++ text. Nothing but the

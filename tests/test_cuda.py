@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 
 from progeo.config import PretrainConfig, Stage1Config, Stage2Config
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"), pytest.mark.slow]
 
 
 def test_amp_is_on_for_cuda_and_describe_matches_cpu():

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from progeo.config import Stage2Config
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]  # real processes
 
 
 def _free_port() -> int:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+
 from progeo.cli import main
 from progeo.demo import DemoConfig, prepare_world
 
 
+@pytest.mark.slow
 def test_demo_quick_runs_the_whole_pipeline(tmp_path, capsys, caplog):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--workers", "1"]) == 0

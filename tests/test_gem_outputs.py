@@ -102,6 +102,7 @@ def _readme_recipe() -> list[str]:
     return [line for line in block.group(1).splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_the_readme_gem_recipe_runs_on_a_tiny_synthetic_world(tmp_path, monkeypatch, capsys):
     lines = _readme_recipe()
     assert lines[0].startswith("progeo synth --preset tiny") and any("probe eval" in line for line in lines)

@@ -81,6 +81,7 @@ def _where(err: str, unit: str) -> tuple[int, int]:
     return int(m.group(1)) + 1, 0
 
 
+@pytest.mark.slow
 def test_stage1_sigterm_then_sigint_print_a_command_that_resumes(tiny_world, tmp_path):
     run = tmp_path / "stage 1 run"  # a space: the printed command must quote it
     log = tmp_path / "first.log"
@@ -96,6 +97,7 @@ def test_stage1_sigterm_then_sigint_print_a_command_that_resumes(tiny_world, tmp
     _resume_and_stop_again(command, run, tmp_path, f"epoch {epoch}, batch {batch}", signal.SIGINT)
 
 
+@pytest.mark.slow
 def test_stage2_sigint_prints_a_command_that_resumes(tiny_world, tmp_path):
     run = tmp_path / "run"
     log = tmp_path / "first.log"
@@ -111,6 +113,7 @@ def test_stage2_sigint_prints_a_command_that_resumes(tiny_world, tmp_path):
     _resume_and_stop_again(command, run, tmp_path, f"epoch {epoch}, iteration {iteration}", signal.SIGTERM)
 
 
+@pytest.mark.slow
 def test_pretraining_sigterm_prints_the_resume_command(tiny_world, tmp_path):
     run = tmp_path / "run"
     log = tmp_path / "first.log"

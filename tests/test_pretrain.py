@@ -14,6 +14,7 @@ from progeo.errors import DatasetError
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+@pytest.mark.slow
 def test_pretraining_beats_chance_and_saves_loadable_weights(tiny_world, tmp_path):
     from progeo.models.backbones import load_clip
     from progeo.train.pretrain import run_pretrain

@@ -156,6 +156,7 @@ def test_stage1_killed_and_resumed_equals_uninterrupted_run(tiny_world, tmp_path
     assert json.loads((killed / "config.json").read_text())["overwrite"] is False  # a one-off, not repeated
 
 
+@pytest.mark.slow
 def test_pretraining_killed_and_resumed_equals_uninterrupted_run(tiny_world, tmp_path, capsys):
     from progeo.cli import main
 

@@ -90,6 +90,7 @@ def _epochs(run: Path) -> list[str]:
         return [r["epoch"] for r in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 def test_a_second_training_process_on_a_running_run_folder_is_refused(tiny_world, tmp_path):
     """A real race: a second `progeo train stage1` into the folder of a running one, started before the first's
     first checkpoint and again mid-run (the first paused with SIGSTOP meanwhile, so it is surely running),
@@ -125,6 +126,7 @@ def test_a_second_training_process_on_a_running_run_folder_is_refused(tiny_world
     assert not (run / LOCK_NAME).exists()  # removed by the clean exit
 
 
+@pytest.mark.slow
 def test_the_lock_of_a_killed_run_is_released(tiny_world, tmp_path, capsys):
     """SIGKILL mid-run: the lock file stays behind, but it is no lock; --resume continues the run."""
     from progeo.cli import main

@@ -11,9 +11,9 @@ import pytest
 from progeo.errors import ConfigError, DatasetError
 from progeo.geo import Place, PlaceList
 from progeo.geo.labelled_images import LabelledImages
+from progeo.geo.places import load_candidate_places
 from progeo.geo.report import ClassTable, Predictions, gem_metrics, rank_top_k, true_classes
-from progeo.geo.zeroshot import (ZeroShotClassifier, aggregate_country_scores, ensemble_text_features,
-                                 load_candidate_places, zeroshot_scores)
+from progeo.geo.zeroshot import ZeroShotClassifier, aggregate_country_scores, ensemble_text_features, zeroshot_scores
 
 KM_PER_DEGREE = 6371.0088 * np.pi / 180  # along the equator
 

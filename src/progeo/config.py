@@ -2,7 +2,9 @@
 
 Every field is a command-line flag (``--field-name``) and a key of a YAML/JSON config file
 (``--config FILE``); flags given on the command line override the file, the file overrides
-the defaults. A key that is not a field is an error naming the key and the file.
+the defaults. A key that is not a field is an error naming the key and the file. Each field's
+help text (what it does, its unit, the paper's value) is in its metadata; :func:`field_help`
+adds the default, and ``--help`` shows that.
 
 - :class:`PretrainConfig`: contrastive image-text pretraining of a tiny CLIP (our demo's
   substitute for OpenAI's weights; not part of the paper).
@@ -26,18 +28,25 @@ from progeo.errors import ConfigError, reading
 C = TypeVar("C")
 
 
+def _opt(default: Any, help: str, paper: bool = False) -> Any:
+    """A config field: its default, and in its metadata its help text (what it does, its unit) and
+    ``paper=True`` when the default is the paper's value (SPEC 1.2-1.5)."""
+    return dataclasses.field(default=default, metadata={"help": help, "paper": paper})
+
+
 @dataclass
 class RunConfig:
     """Fields every training command has."""
 
-    out_dir: str = "runs/run"  # the run folder (config, logs, metrics, checkpoints)
-    device: str = "auto"  # cpu, cuda, cuda:N, mps or auto
-    seed: int = 0
-    amp: bool = True  # mixed precision where the device supports it (CUDA, MPS); float32 on CPU
-    num_workers: int = 0  # image decoding processes (0: in the main process)
-    progress: bool = True  # tqdm progress bars
-    tensorboard: bool = True  # TensorBoard event files beside the CSV logs
-    threads: int | None = None  # torch CPU threads during the run (None: torch's default; 1 suits tiny models)
+    out_dir: str = _opt("runs/run", "run folder: config.json, logs, metrics, checkpoints and the trained model")
+    device: str = _opt("auto", "device to train on: cpu, cuda, cuda:N, mps, or auto (CUDA, then MPS, then CPU)")
+    seed: int = _opt(0, "random seed of initialisation, sampling and augmentation; a run repeats with the same seed")
+    amp: bool = _opt(True, "mixed precision where the device supports it (CUDA, MPS), as the paper trains; "
+                           "float32 on CPU")
+    num_workers: int = _opt(0, "image decoding processes of the data loader (0: decode in the main process)")
+    progress: bool = _opt(True, "show tqdm progress bars")
+    tensorboard: bool = _opt(True, "write TensorBoard event files beside the CSV logs in out_dir")
+    threads: int | None = _opt(None, "torch CPU threads during the run (none: torch's default; 1 suits tiny models)")
 
     def check(self) -> None:
         _positive(self, "num_workers", allow_zero=True)
@@ -49,10 +58,14 @@ class RunConfig:
 class ResumeFields:
     """Checkpointing and resuming (:mod:`progeo.train.resume`); every training stage has them."""
 
-    checkpoint_every: int = 1000  # also save the resumable state every N steps of an epoch (0: epoch ends only)
-    resume: str | None = None  # a run folder to continue from its last checkpoint
-    overwrite: bool = False  # start afresh in an out_dir that already holds a run (its logs and state are deleted)
-    stop_after: int | None = None  # debug: stop (as if killed) after this many training steps of this process
+    checkpoint_every: int = _opt(1000, "also save the resumable state every N training steps within an epoch "
+                                       "(0: at the end of each epoch only)")
+    resume: str | None = _opt(None, "run folder to continue from its last saved state (its config.json applies "
+                                    "unless --config is given)")
+    overwrite: bool = _opt(False, "start afresh in an out_dir that already holds a run (its logs and state are "
+                                  "deleted)")
+    stop_after: int | None = _opt(None, "for tests: stop, as if killed, after this many training steps of this "
+                                        "process (none: train to the end)")
 
     def check(self) -> None:
         super().check()
@@ -68,12 +81,14 @@ class ResumeFields:
 class GroupsFields:
     """CosPlace partition (SPEC 1.2); turned into :class:`progeo.data.groups.GroupsConfig`."""
 
-    M: int = 10  # metres per class cell
-    alpha: int = 30  # degrees per heading bin
-    N: int = 5  # cells between classes of one group
-    L: int = 2  # heading bins between classes of one group
-    min_images_per_class: int = 10
-    groups_cache_dir: str | None = None  # where the partition is cached (default ~/.cache/progeo)
+    M: int = _opt(10, "side of a class cell, in metres", paper=True)
+    alpha: int = _opt(30, "width of a class's heading bin, in degrees", paper=True)
+    N: int = _opt(5, "cells between two classes of one group along east and north, so they lie >= N*M metres "
+                     "apart", paper=True)
+    L: int = _opt(2, "heading bins between two classes of one group", paper=True)
+    min_images_per_class: int = _opt(10, "classes with fewer images are dropped (CosPlace's value)")
+    groups_cache_dir: str | None = _opt(None, "folder where the partition of the train set is cached "
+                                              "(none: $PROGEO_CACHE_DIR or ~/.cache/progeo)")
 
     def groups_config(self):
         from progeo.data.groups import GroupsConfig
@@ -85,20 +100,26 @@ class GroupsFields:
 class PretrainConfig(ResumeFields, RunConfig):
     """CLIP pretraining from scratch on a synthetic world's captions (``WORLD/captions.tsv``)."""
 
-    world: str = ""  # synthetic world folder (captions.tsv, labels.csv, train/, val/, test/)
-    backbone: str = "tiny-rn"  # an open_clip architecture (tiny-rn, tiny-vit, ...), random init
+    world: str = _opt("", "synthetic world folder of `progeo synth` (captions.tsv, labels.csv, train/, val/, test/); "
+                          "required")
+    backbone: str = _opt("tiny-rn", "open_clip architecture trained from random initialisation (tiny-rn, tiny-vit, "
+                                    "...)")
     out_dir: str = "runs/pretrain"
-    image_size: int = 64
-    epochs: int = 4
-    batch_size: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 0.1
-    warmup_steps: int = 50
-    init_temperature: float = 0.07  # logit scale starts at 1/T and is learned (capped at 100)
-    augment: bool = True  # random resized crop + colour jitter on the device
-    max_images: int | None = None  # use at most this many captioned images (None: all)
-    eval_batch_size: int = 256
-    zeroshot_template: str = "a street view photo taken in {city}, {country}."
+    image_size: int = _opt(64, "side of the square training images, in pixels")
+    epochs: int = _opt(4, "passes over the captioned training images")
+    batch_size: int = _opt(128, "image-caption pairs per step; the contrastive loss contrasts each image with "
+                                "every caption of its batch")
+    lr: float = _opt(3e-3, "peak AdamW learning rate, reached after warmup_steps, then cosine decay to 0")
+    weight_decay: float = _opt(0.1, "AdamW weight decay of the weight matrices (not of gains, biases, embeddings "
+                                    "and the logit scale)")
+    warmup_steps: int = _opt(50, "steps of linear learning-rate warmup (at most a fifth of the run)")
+    init_temperature: float = _opt(0.07, "initial temperature T of the contrastive loss: the learned logit scale "
+                                         "starts at 1/T, capped at 100 (CLIP's initial value)")
+    augment: bool = _opt(True, "random resized crop and colour jitter of the training images, on the device")
+    max_images: int | None = _opt(None, "use at most this many captioned images (none: all)")
+    eval_batch_size: int = _opt(256, "images per batch when measuring the zero-shot city accuracy")
+    zeroshot_template: str = _opt("a street view photo taken in {city}, {country}.",
+                                  "caption of each city for the zero-shot accuracy ({city}, {country} filled in)")
 
     def check(self) -> None:
         super().check()
@@ -119,32 +140,41 @@ class PretrainConfig(ResumeFields, RunConfig):
 class ModelFields:
     """The CLIP backbone a stage starts from."""
 
-    backbone: str = "RN50:openai"  # ARCH[:TAG]: RN50:openai, ViT-B/16:openai, tiny-vit, ...
-    weights: str | None = None  # local weights file instead of a download (e.g. a pretrain checkpoint)
-    quick_gelu: bool | None = None  # None: what the weights say
+    backbone: str = _opt("RN50:openai", "CLIP to start from, ARCH[:TAG]: RN50:openai, ViT-B/16:openai, or tiny-vit "
+                                        "/ tiny-rn with --weights", paper=True)
+    weights: str | None = _opt(None, "local weights file instead of the open_clip download (e.g. "
+                                     "RUN/clip.safetensors of progeo pretrain)")
+    quick_gelu: bool | None = _opt(None, "QuickGELU activations, as OpenAI's CLIP weights need (none: what the "
+                                         "weights say)")
 
 
 @dataclass
 class Stage1Config(GroupsFields, ModelFields, ResumeFields, RunConfig):
     """ProGEO stage 1: learn one prompt learner per group on cached, frozen image features."""
 
-    train_set: str = ""  # training folder of @-named images
+    train_set: str = _opt("", "training folder of @-named images (CosPlace layout); required")
     out_dir: str = "runs/stage1"
     # The authors' README runs stage 1 with 1 group, but stage 2 trains 8 and needs prompts for every
     # group it trains, so their defaults do not chain. We default to stage 2's 8 groups; the 480 epochs
     # are spread over them (epoch e trains group e mod groups_num, 60 epochs per group).
-    groups_num: int = 8  # groups that get prompts (stage 2's default; the authors' README uses 1)
-    epochs: int = 480  # in total; epoch e trains group e mod groups_num
-    batch_size: int = 512
-    lr: float = 0.01
-    lr_schedule: str = "per_group"  # per_group: one cosine per group over its epochs (the authors'); global: one over all epochs
-    weight_decay: float = 0.0
-    template: str = "A photo of a X X X X street."
-    temperature: float = 1.0  # SupCon tau; the authors use raw features with tau = 1
-    normalize_features: bool = False  # L2-normalise both sides before SupCon (then lower tau)
-    image_size: int | None = None  # feature extraction size (None: the backbone's native size, 224 for the paper's)
-    feature_cache_dir: str | None = None  # default: ~/.cache/progeo/features
-    feature_batch_size: int = 128
+    groups_num: int = _opt(8, "groups that get prompts, the partition's first ones (stage 2's 8; the authors' "
+                              "README runs stage 1 with 1)")
+    epochs: int = _opt(480, "epochs in total; epoch e trains the prompts of group e mod groups_num", paper=True)
+    batch_size: int = _opt(512, "cached image features per step", paper=True)
+    lr: float = _opt(0.01, "Adam learning rate of the prompt learners", paper=True)
+    lr_schedule: str = _opt("per_group", "cosine annealing: per_group, one cosine per group over its own epochs "
+                                         "(the authors'), or global, one over all epochs")
+    weight_decay: float = _opt(0.0, "Adam weight decay of the prompt learners", paper=True)
+    template: str = _opt("A photo of a X X X X street.", "prompt template; each X is a learned context token",
+                         paper=True)
+    temperature: float = _opt(1.0, "SupCon temperature tau (of raw features unless normalize_features)", paper=True)
+    normalize_features: bool = _opt(False, "L2-normalise image and text features before SupCon, then lower "
+                                           "temperature; the paper does not")
+    image_size: int | None = _opt(None, "side of the images for feature extraction, in pixels (none: the "
+                                        "backbone's native size, 224 for the paper's)")
+    feature_cache_dir: str | None = _opt(None, "folder of the cached frozen image features (none: "
+                                               "$PROGEO_CACHE_DIR/features or ~/.cache/progeo/features)")
+    feature_batch_size: int = _opt(128, "images per batch when extracting the frozen image features")
 
     def check(self) -> None:
         super().check()
@@ -165,47 +195,61 @@ class Stage1Config(GroupsFields, ModelFields, ResumeFields, RunConfig):
 class Stage2Config(GroupsFields, ModelFields, ResumeFields, RunConfig):
     """ProGEO stage 2: train the image encoder with CosFace + the prompts' text features."""
 
-    train_set: str = ""
-    val_set: str = ""  # folder with database/ and a queries folder
-    test_set: str | None = None  # test recalls of the best model at the end (None: skip)
-    val_queries: str = "queries"
-    test_queries: tuple[str, ...] = ("queries",)
-    prompts: str | None = None  # stage-1 prompts file; required unless text_loss is False
+    train_set: str = _opt("", "training folder of @-named images (CosPlace layout); required")
+    val_set: str = _opt("", "validation folder with database/ and a queries folder, evaluated after each epoch; "
+                            "required")
+    test_set: str | None = _opt(None, "test folder on which the best model's recalls are reported at the end "
+                                      "(none: skip)")
+    val_queries: str = _opt("queries", "query folder of val_set used for validation")
+    test_queries: tuple[str, ...] = _opt(("queries",), "query folders of test_set to report")
+    prompts: str | None = _opt(None, "prompts file of stage 1 (RUN/prompts.safetensors); required unless "
+                                     "--no-text-loss")
     out_dir: str = "runs/stage2"
     # model
-    fc_output_dim: int | None = None  # None: CLIP's embedding size (RN50 1024; ViT-B 512)
-    image_size: int = 512
-    freeze_cnn: int = 2
-    freeze_trans: int = 6
-    train_all_layers: bool = False
+    fc_output_dim: int | None = _opt(None, "descriptor size (none: CLIP's embedding size, RN50 1024, ViT-B 512; "
+                                           "another size only for ResNets)")
+    image_size: int = _opt(512, "side of the square training images after the random resized crop, in pixels",
+                           paper=True)
+    freeze_cnn: int = _opt(2, "ResNet: frozen stages, the stem and layer1..layerN, 0-4", paper=True)
+    freeze_trans: int = _opt(6, "ViT: frozen transformer blocks after the patch embedding and ln_pre", paper=True)
+    train_all_layers: bool = _opt(False, "train every layer of the image encoder (overrides freeze_cnn and "
+                                         "freeze_trans)")
     # data and optimisation
-    groups_num: int = 8  # progeo's first groups, or the first groups an imported prompts file names
-    epochs: int = 64
-    iterations_per_epoch: int = 10_000
-    batch_size: int = 32  # global batch; split evenly over the processes under torchrun
-    lr: float = 1e-5  # image encoder (Adam)
-    classifiers_lr: float = 0.01  # CosFace classifiers (Adam, one per group)
-    preload_images: bool | None = None  # keep the used groups' images decoded in memory (None: when small)
-    preload_max_gib: float = 4.0
+    groups_num: int = _opt(8, "groups trained, epoch e on group e mod groups_num: the partition's first ones, or "
+                              "the first an imported prompts file names", paper=True)
+    epochs: int = _opt(64, "training epochs of iterations_per_epoch steps each, then validation", paper=True)
+    iterations_per_epoch: int = _opt(10_000, "training steps per epoch", paper=True)
+    batch_size: int = _opt(32, "images per step over all processes, split evenly under torchrun", paper=True)
+    lr: float = _opt(1e-5, "Adam learning rate of the image encoder", paper=True)
+    classifiers_lr: float = _opt(0.01, "Adam learning rate of each group's CosFace classifier", paper=True)
+    preload_images: bool | None = _opt(None, "keep the used groups' images decoded in memory (none: when they "
+                                             "fit in preload_max_gib)")
+    preload_max_gib: float = _opt(4.0, "memory, in GiB, that preloaded images may take when preload_images is "
+                                       "none")
     # losses
-    cosface_s: float = 30.0
-    cosface_m: float = 0.4
-    text_loss: bool = True  # False: plain CosPlace (no prompts needed)
-    text_loss_weight: float = 1.0
-    label_smoothing: float = 0.1
-    triplet_weight: float = 0.0  # soft triplet loss weight (0: off)
-    triplet_mining: str = "batch_hard"
+    cosface_s: float = _opt(30.0, "CosFace scale s multiplying the cosine logits", paper=True)
+    cosface_m: float = _opt(0.4, "CosFace margin m subtracted from the true class's cosine", paper=True)
+    text_loss: bool = _opt(True, "add ProGEO's image-to-text loss against the stage-1 prompts (--no-text-loss: "
+                                 "plain CosPlace, no prompts needed)")
+    text_loss_weight: float = _opt(1.0, "weight of the image-to-text loss added to the CosFace loss", paper=True)
+    label_smoothing: float = _opt(0.1, "label smoothing epsilon of the image-to-text cross-entropy", paper=True)
+    triplet_weight: float = _opt(0.0, "weight of an added soft triplet loss (0: off)", paper=True)
+    triplet_mining: str = _opt("batch_hard", "triplets of the soft triplet loss: batch_hard (hardest positive "
+                                             "and negative per anchor) or all")
     # augmentation (on the device, per image)
-    brightness: float = 0.7
-    contrast: float = 0.7
-    saturation: float = 0.7
-    hue: float = 0.5
-    crop_scale: tuple[float, float] = (0.5, 1.0)
-    normalization: str = "imagenet"  # "imagenet" (the paper) or "clip" (the backbone's own mean/std)
+    brightness: float = _opt(0.7, "colour jitter: brightness factor drawn in [1 - b, 1 + b]", paper=True)
+    contrast: float = _opt(0.7, "colour jitter: contrast factor drawn in [1 - c, 1 + c]", paper=True)
+    saturation: float = _opt(0.7, "colour jitter: saturation factor drawn in [1 - s, 1 + s]", paper=True)
+    hue: float = _opt(0.5, "colour jitter: hue shift drawn in [-h, h], in turns of the colour wheel, at most 0.5",
+                      paper=True)
+    crop_scale: tuple[float, float] = _opt((0.5, 1.0), "random resized crop: LOW HIGH bounds of the crop's area "
+                                                       "as a fraction of the image", paper=True)
+    normalization: str = _opt("imagenet", "input mean/std: imagenet or clip (the backbone's own)", paper=True)
     # evaluation
-    eval_batch_size: int = 64
-    recall_values: tuple[int, ...] = (1, 5, 10, 20)
-    positive_dist: float = 25.0
+    eval_batch_size: int = _opt(64, "images per batch when computing validation and test descriptors")
+    recall_values: tuple[int, ...] = _opt((1, 5, 10, 20), "the N of the recall@N reported on val and test")
+    positive_dist: float = _opt(25.0, "distance, in metres, within which a database image is a positive of a "
+                                      "query", paper=True)
 
     def check(self) -> None:
         super().check()
@@ -250,6 +294,32 @@ def config_fields(cls) -> dict[str, Any]:
     """``name -> type`` of a config dataclass (types resolved)."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def field_help(cls, name: str) -> str:
+    """Help text of field ``name`` of the config class ``cls``, ending with its default.
+
+    A subclass that only changes a field's default (``out_dir``) keeps its base class's text.
+    """
+    text = next((k.__dataclass_fields__[name].metadata.get("help") for k in cls.__mro__
+                 if name in getattr(k, "__dataclass_fields__", {})
+                 and k.__dataclass_fields__[name].metadata.get("help")), None)
+    if text is None:
+        raise KeyError(f"{cls.__name__}.{name} has no help text; give it one with _opt(default, help)")
+    f = cls.__dataclass_fields__[name]
+    paper = ", the paper's value" if f.metadata.get("paper") else ""
+    return f"{text} (default: {show_value(f.default)}{paper})"
+
+
+def show_value(value: Any) -> str:
+    """A value as written on the command line: ``none``, ``true``, ``1 5 10``."""
+    if value is None or value == "":
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (tuple, list)):
+        return " ".join(show_value(v) for v in value)
+    return repr(value) if isinstance(value, str) and " " in value else str(value)
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -368,4 +438,5 @@ def save_config(cfg, path: str | Path) -> Path:
 
 
 __all__ = ["RunConfig", "ResumeFields", "PretrainConfig", "Stage1Config", "Stage2Config", "load_config",
-           "config_from_dict", "read_config_file", "save_config", "config_to_dict", "config_fields", "coerce_value"]
+           "config_from_dict", "read_config_file", "save_config", "config_to_dict", "config_fields", "coerce_value",
+           "field_help"]

@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--queries", metavar="NAME", default=None,
                    help="query folder to check (default: every queries*/ folder)")
     p.add_argument("--positive-dist", type=float, default=25.0, metavar="METRES",
-                   help="radius of a positive (default: %(default)s)")
+                   help="a database image within this distance of a query is a positive (default: %(default)s)")
     p.add_argument("--M", type=int, default=10, help="class cell size in metres (default: %(default)s)")
     p.add_argument("--alpha", type=int, default=30, help="class heading bin in degrees (default: %(default)s)")
     p.add_argument("--N", type=int, default=5, help="cells between classes of a group (default: %(default)s)")
@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--full", action="store_true",
                    help="with --verify-images: decode every image fully (also catches corrupt data; 15-30x slower)")
     p.add_argument("--workers", type=int, default=4, help="threads reading images (default: %(default)s)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="do not show a progress bar")
     p.set_defaults(func=_check_dataset)
 
     p = subparsers.add_parser(

@@ -26,7 +26,7 @@ def _decoding(p: argparse.ArgumentParser, batch_size: int = 64) -> None:
                    help="a truncated or unreadable image stops the run naming the file (fail, default) or is left "
                         "out and counted (skip: out of the database / a miss for a query)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads of torch and faiss (default: theirs)")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="do not show progress bars")
 
 
 def _resize(p: argparse.ArgumentParser) -> None:
@@ -89,8 +89,11 @@ def register(subparsers) -> None:
                    help="test set folders, each with database/ and queries*/ (with --descriptors: picks saved sets)")
     p.add_argument("--queries", nargs="+", default=None, metavar="NAME",
                    help="query folders: names (queries queries_night ...) or 'all' (default: queries, or the only one)")
-    p.add_argument("--positive-dist", type=float, default=25.0, help="metres (default: %(default)s)")
-    p.add_argument("--recall-values", type=int, nargs="+", default=[1, 5, 10, 20], help="N of recall@N")
+    p.add_argument("--positive-dist", type=float, default=25.0, metavar="METRES",
+                   help="a database image within this distance of a query is a positive (default: %(default)s, "
+                        "the paper's value)")
+    p.add_argument("--recall-values", type=int, nargs="+", default=[1, 5, 10, 20], metavar="N",
+                   help="the N of the recall@N reported (default: 1 5 10 20)")
     _resize(p)
     p.add_argument("--native-size", action="store_true",
                    help="feed test images at their own size (ResNet models; the authors' eval.py protocol, which "
@@ -106,7 +109,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="progeo_eval", metavar="DIR",
                    help="results folder; results.json gathers the evaluations written there, one entry per model, "
                         "test set and query folder (default: %(default)s)")
-    p.add_argument("--grids", type=int, default=0, metavar="N", help="draw N queries with their top-5 per query folder")
+    p.add_argument("--grids", type=int, default=0, metavar="N",
+                   help="draw N queries with their top-5 per query folder (default: 0, no grids)")
     p.add_argument("--only-wrong", action="store_true", help="grids: only queries whose top-1 is wrong")
     p.add_argument("--plot", action="store_true", help="plot recall@N per query folder to OUT/recalls.png")
     _decoding(p)

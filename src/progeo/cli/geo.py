@@ -11,6 +11,9 @@ _IMAGES_HELP = ("a folder of images (predictions only) or a labels CSV: IM2GPS3k
 _OUT_HELP = ("write predictions.csv (or .json) and metrics.json here; a prediction row holds image, lat, lon (the "
              "prediction), with labels true_lat, true_lon, true_city, true_country and error_km (great circle), "
              "then topN, topN_country and topN's score")
+_FORMAT_HELP = "file format of the predictions written to --out: predictions.csv or predictions.json " \
+               "(default: %(default)s)"
+_IMAGES_DIR_HELP = "folder the image paths of the {} CSV are relative to (default: the CSV's folder)"
 _PLACES_HELP = ("candidate places: a CSV (name,country,lat,lon), world:N (built-in GeoNames cities of >= N "
                 "inhabitants, offline) or a synthetic world folder / world.json")
 
@@ -27,7 +30,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-dir", default=None, help="feature cache folder: image features, and the places' text "
                                                      "features of zeroshot (default: $PROGEO_CACHE_DIR/features "
                                                      "or ~/.cache/progeo/features)")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="do not show progress bars")
 
 
 def _model(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -52,7 +55,8 @@ def register(subparsers) -> None:
     p.add_argument("--places", default=None, metavar="CSV|world:N|WORLD", help=_PLACES_HELP + " (default: world:100000)")
     p.add_argument("--world-cities", action="store_true", help="use the built-in world cities (see --min-population)")
     p.add_argument("--min-population", type=int, default=100_000, help="for --world-cities (default: %(default)s)")
-    p.add_argument("--level", choices=("city", "country"), default="city", help="classes (default: %(default)s)")
+    p.add_argument("--level", choices=("city", "country"), default="city",
+                   help="classify into candidate cities or into their countries (default: %(default)s)")
     p.add_argument("--country-mode", choices=("aggregate", "prompts"), default="aggregate",
                    help="country level: aggregate city scores per country (default: keeps the cities' context and "
                         "gives city coordinates) or country prompts")
@@ -63,7 +67,7 @@ def register(subparsers) -> None:
                         "default: the built-in set")
     p.add_argument("--top-k", type=int, default=5, help="places per image in the predictions (default: %(default)s)")
     p.add_argument("--out", default=None, metavar="DIR", help=_OUT_HELP)
-    p.add_argument("--predictions-format", choices=("csv", "json"), default="csv")
+    p.add_argument("--predictions-format", choices=("csv", "json"), default="csv", help=_FORMAT_HELP)
     _common(p)
     p.add_argument("--no-text-cache", dest="text_cache", action="store_false",
                    help="encode the places' texts on every run instead of reusing (and writing) their cached text "
@@ -80,11 +84,14 @@ def register(subparsers) -> None:
                                    "probe.safetensors + probe.json.")
     _model(p)
     p.add_argument("--train", required=True, metavar="CSV", help="labels CSV of the training images")
-    p.add_argument("--train-images-dir", default=None, metavar="DIR")
+    p.add_argument("--train-images-dir", default=None, metavar="DIR", help=_IMAGES_DIR_HELP.format("--train"))
     p.add_argument("--val", default=None, metavar="CSV", help="labels CSV of validation images (default: --val-fraction)")
-    p.add_argument("--val-images-dir", default=None, metavar="DIR")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="(default: %(default)s)")
-    p.add_argument("--level", choices=("city", "country"), default="city", help="classes (default: %(default)s)")
+    p.add_argument("--val-images-dir", default=None, metavar="DIR", help=_IMAGES_DIR_HELP.format("--val"))
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="without --val: share of --train held out, stratified by class, to choose l2; the probe "
+                        "is then refit on all of --train (default: %(default)s)")
+    p.add_argument("--level", choices=("city", "country"), default="city",
+                   help="classes of the probe: cities or countries (default: %(default)s)")
     p.add_argument("--places", default=None, metavar="CSV|world:N|WORLD",
                    help=_PLACES_HELP + "; classes and coordinates come from them (needed for GPS-only labels)")
     p.add_argument("--grid", type=float, nargs="+", default=None, metavar="L2",
@@ -105,13 +112,13 @@ def register(subparsers) -> None:
                                    "tower differs from the probe's is an error.")
     p.add_argument("--probe", required=True, metavar="PROBE", help="folder written by `progeo probe fit --out`")
     p.add_argument("--images", required=True, metavar="DIR_OR_CSV", help=_IMAGES_HELP)
-    p.add_argument("--images-dir", default=None, metavar="DIR")
+    p.add_argument("--images-dir", default=None, metavar="DIR", help=_IMAGES_DIR_HELP.format("--images"))
     _model(p, required=False)
     p.add_argument("--places", default=None, metavar="CSV|world:N|WORLD",
                    help="country probes: gives each image's country when the labels have only a city or coordinates")
     p.add_argument("--top-k", type=int, default=5, help="classes per image in the predictions (default: %(default)s)")
     p.add_argument("--out", default=None, metavar="DIR", help=_OUT_HELP)
-    p.add_argument("--predictions-format", choices=("csv", "json"), default="csv")
+    p.add_argument("--predictions-format", choices=("csv", "json"), default="csv", help=_FORMAT_HELP)
     _common(p)
     p.set_defaults(func=_probe_eval)
 

@@ -49,7 +49,8 @@ def register(subparsers) -> None:
                         "the authors' class order depends on its tuple hash")
     p.add_argument("--keep-order", action="store_true",
                    help="copy the rows as they are (only for a file already in progeo's class order)")
-    p.add_argument("--backbone", default="unknown", help="backbone the prompts were learned with (recorded)")
+    p.add_argument("--backbone", default="unknown",
+                   help="backbone the prompts were learned with, recorded in the prompts file (default: %(default)s)")
     p.add_argument("--template", default=None, help='prompt template (default "A photo of a X X X X street.")')
     p.add_argument("--trust-pickle", action="store_true", help="allow full unpickling (only for files you trust)")
     p.set_defaults(func=_import_prompts)

@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--preset", choices=("tiny", "small", "default"), default="default",
                    help="world size (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="world seed (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random world: cities, streets and renderings (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=None, metavar="PX",
                    help="square image size in pixels (default: 64 for tiny, 128 otherwise)")
     p.add_argument("--workers", type=int, default=None,

@@ -11,29 +11,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
-import json
-import re
 import types
 import typing
-
-_COMMENT = re.compile(r"^\s+(\w+):[^=]*=.*#\s*(.+)$")
-
-
-def _field_help(cls) -> dict[str, str]:
-    """Help text per field, from the trailing comments in the config classes' source."""
-    out: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        try:
-            lines = inspect.getsource(klass).splitlines()
-        except (OSError, TypeError):
-            continue
-        for line in lines:
-            m = _COMMENT.match(line)
-            if m:
-                out[m.group(1)] = m.group(2).strip()
-    return out
-
 
 def _none_or(convert):
     def parse(text: str):
@@ -45,17 +24,13 @@ def _none_or(convert):
 
 def add_config_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
     """One flag per field of ``cls`` (default: not given, so the file/defaults apply)."""
-    from progeo.config import config_fields
+    from progeo.config import config_fields, field_help
 
-    helps = _field_help(cls)
-    defaults = cls()
     for name, tp in config_fields(cls).items():
         if name in skip:
             continue
         flag = "--" + name.replace("_", "-")
-        default = getattr(defaults, name)
-        shown = json.dumps(list(default) if isinstance(default, tuple) else default)
-        text = f"{helps.get(name, name.replace('_', ' '))} (default: {shown})"
+        text = field_help(cls, name).replace("%", "%%")  # argparse formats help with %
         args = typing.get_args(tp)
         optional = typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args
         base = next((a for a in args if a is not type(None)), tp) if optional else tp

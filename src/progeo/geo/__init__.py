@@ -14,9 +14,18 @@ from progeo.geo.metrics import (
     topk_accuracy,
     topk_accuracy_ranked,
 )
-from progeo.geo.places import Place, PlaceList, nearest_places, place_key, read_places_csv, world_cities
+from progeo.geo.names import place_key
+from progeo.geo.places import (
+    Place,
+    PlaceList,
+    load_candidate_places,
+    nearest_places,
+    places_from_world,
+    read_places_csv,
+    world_cities,
+)
 from progeo.geo.features import ImageFeatures, ModelSpec, image_features, load_gem_model
-from progeo.geo.gem_report import places_from_world, run_gem_report
+from progeo.geo.gem_report import run_gem_report
 from progeo.geo.probe import LinearProbe, load_probe
 from progeo.geo.probe_fit import ProbeEvalConfig, ProbeFitConfig, evaluate_probe, fit_probe, run_probe_eval, run_probe_fit
 from progeo.geo.report import ClassTable, GemRun, Predictions, gem_metrics, metrics_table, true_classes
@@ -32,7 +41,6 @@ from progeo.geo.zeroshot import (
     ZeroShotClassifier,
     ZeroShotConfig,
     build_zeroshot_classifier,
-    load_candidate_places,
     run_zeroshot,
 )
 

@@ -20,14 +20,9 @@ import logging
 from typing import Iterable, Sequence
 
 from progeo.geo.country_aliases import ALIASES, DISPLAY_NAMES, PARTS
+from progeo.geo.names import place_key
 
 log = logging.getLogger(__name__)
-
-
-def _key(text: str) -> str:
-    from progeo.geo.places import place_key
-
-    return place_key(text)
 
 
 @functools.lru_cache(maxsize=1)
@@ -50,22 +45,22 @@ def _tables() -> tuple[dict[str, str], dict[str, str]]:
     # lowest priority first: a later table overwrites an earlier key (names win over codes)
     for iso3, code in by_iso3.items():
         if iso3:
-            lookup[_key(iso3)] = code
+            lookup[place_key(iso3)] = code
     for code in names:
-        lookup[_key(code)] = code
+        lookup[place_key(code)] = code
     for alias, code in ALIASES.items():
         if code in names:
-            lookup[_key(alias)] = code
+            lookup[place_key(alias)] = code
     for code in names:
-        lookup[_key(geonames[code])] = code
-        lookup[_key(names[code])] = code
+        lookup[place_key(geonames[code])] = code
+        lookup[place_key(names[code])] = code
     return lookup, names
 
 
 @functools.lru_cache(maxsize=65536)
 def country_code(text: str) -> str | None:
     """ISO 3166-1 alpha-2 code of a country name, code or alias; ``None`` when it is no known country."""
-    return _tables()[0].get(_key(str(text)))
+    return _tables()[0].get(place_key(str(text)))
 
 
 def country_name(text: str) -> str:
@@ -77,7 +72,7 @@ def country_name(text: str) -> str:
 def country_key(text: str) -> str:
     """Identity of a country for comparisons: its alpha-2 code, or ``"?" + name key`` for an unknown one."""
     code = country_code(text)
-    return code if code else "?" + _key(str(text))
+    return code if code else "?" + place_key(str(text))
 
 
 def known_countries() -> dict[str, str]:
@@ -88,12 +83,12 @@ def known_countries() -> dict[str, str]:
 def suggest_countries(text: str, extra: Iterable[str] = (), n: int = 3) -> list[str]:
     """Closest country display names (and ``extra`` names, e.g. the places' custom countries)."""
     lookup, names = _tables()
-    key = _key(str(text))
+    key = place_key(str(text))
     out: list[str] = []
-    if key in {_key(p) for p in PARTS}:
-        out.append(names.get(next(c for p, c in PARTS.items() if _key(p) == key), ""))
+    if key in {place_key(p) for p in PARTS}:
+        out.append(names.get(next(c for p, c in PARTS.items() if place_key(p) == key), ""))
     choices = {k: names[c] for k, c in lookup.items() if len(k) > 3}  # names and aliases, not bare codes
-    choices.update({_key(e): country_name(e) for e in extra})
+    choices.update({place_key(e): country_name(e) for e in extra})
     out += [choices[k] for k in difflib.get_close_matches(key, list(choices), n=n + 2, cutoff=0.6)]
     return list(dict.fromkeys(x for x in out if x))[:n]
 

@@ -18,28 +18,11 @@ import numpy as np
 
 from progeo.errors import DatasetError
 from progeo.geo.labelled_images import read_labelled_images
-from progeo.geo.places import Place, PlaceList
+from progeo.geo.places import places_from_world
 from progeo.geo.report import metrics_table, subset_labels
 from progeo.io import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
-
-
-def places_from_world(world: str | os.PathLike) -> PlaceList:
-    """The cities of a synthetic world (its folder or its ``world.json``) as candidate places."""
-    import json
-
-    path = Path(world)
-    manifest = path / "world.json" if path.is_dir() else path
-    try:
-        cities = json.loads(manifest.read_text(encoding="utf-8"))["cities"]
-        places = [Place(str(c["name"]), str(c["country"]), float(c["lat"]), float(c["lon"])) for c in cities]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DatasetError(f"{manifest}: not a synthetic world description with cities ({exc!r}); "
-                           f"make the world with `progeo synth --out DIR`") from exc
-    if not places:
-        raise DatasetError(f"{manifest} lists no cities; regenerate the world with `progeo synth`")
-    return PlaceList(places, source=str(manifest))
 
 
 def run_gem_report(world_dir: str | os.PathLike, weights: str | os.PathLike | None, backbone: str = "tiny-vit",

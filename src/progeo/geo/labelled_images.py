@@ -28,7 +28,8 @@ import numpy as np
 
 from progeo.errors import DatasetError
 from progeo.geo.countries import CountryMatcher, country_code, country_name, suggest_countries, warn_custom_countries
-from progeo.geo.places import PlaceList, _coord, _find_column, _read_rows, nearest_places
+from progeo.geo.csv_rows import check_coord, find_column, read_rows
+from progeo.geo.places import PlaceList, nearest_places
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class LabelledImages:
 
 def detect_flavour(header: Sequence[str]) -> str | None:
     """Flavour implied by a (lower-cased) header, or None when no flavour fits."""
-    has = lambda aliases: _find_column(header, aliases) is not None  # noqa: E731
+    has = lambda aliases: find_column(header, aliases) is not None  # noqa: E731
     if "img_id" in header:
         return "im2gps3k"
     if not (has(_IMAGE) and has(_LAT) and has(_LON)):
@@ -116,7 +117,7 @@ def read_labelled_images(
     cities (with 'did you mean' suggestions), and the missing image files.
     """
     source = Path(csv_path)
-    header, rows = _read_rows(source)
+    header, rows = read_rows(source)
     if flavour is None:
         flavour = detect_flavour(header)
         if flavour is None:
@@ -129,7 +130,7 @@ def read_labelled_images(
         raise DatasetError(f"unknown labels flavour {flavour!r}; choose one of {', '.join(FLAVOURS)}")
     image_aliases = ("img_id", *_IMAGE) if flavour == "im2gps3k" else _IMAGE
     aliases = {"image": image_aliases, "lat": _LAT, "lon": _LON, "city": _CITY, "country": _COUNTRY}
-    cols = {k: _find_column(header, a) for k, a in aliases.items()}
+    cols = {k: find_column(header, a) for k, a in aliases.items()}
     for need in _REQUIRED[flavour]:
         if cols[need] is None:
             raise DatasetError(
@@ -143,8 +144,8 @@ def read_labelled_images(
         if empty:
             problems.append(f"line {line}: empty {' and '.join(empty)}")
             continue
-        lat, bad_lat = _coord(header[cols["lat"]], get("lat"), 90.0)
-        lon, bad_lon = _coord(header[cols["lon"]], get("lon"), 180.0)
+        lat, bad_lat = check_coord(header[cols["lat"]], get("lat"), 90.0)
+        lon, bad_lon = check_coord(header[cols["lon"]], get("lon"), 180.0)
         if bad_lat or bad_lon:
             problems.append(f"line {line}, {bad_lat or bad_lon}")
             continue

@@ -19,6 +19,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from progeo.geo.countries import country_key, country_name
+
 EARTH_RADIUS_KM = 6371.0088
 DEFAULT_THRESHOLDS_KM: tuple[float, ...] = (1.0, 25.0, 200.0, 750.0, 2500.0)
 _SCORE_CHUNK_ROWS = 2048
@@ -178,8 +180,6 @@ def country_confusion(true_countries: Sequence[str], predicted_countries: Sequen
     Countries are compared by identity (:func:`progeo.geo.countries.country_key`: ``"USA"`` is
     ``"United States"``) and shown under their display name; unknown names as first spelled.
     """
-    from progeo.geo.countries import country_key, country_name
-
     true_list, pred_list = [str(c) for c in true_countries], [str(c) for c in predicted_countries]
     if len(true_list) != len(pred_list):
         raise ValueError(f"got {len(true_list)} true countries but {len(pred_list)} predictions")

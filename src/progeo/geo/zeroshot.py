@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from progeo.errors import ConfigError
-from progeo.geo.places import PlaceList, read_places_csv, world_cities
+from progeo.geo.places import PlaceList, load_candidate_places
 from progeo.geo.report import ClassTable, GemRun, Predictions, evaluate_labelled, rank_top_k, true_classes
 from progeo.geo.templates import default_templates, load_templates, render_texts
 from progeo.geo.text_features import cached_class_text_features, encode_class_texts, ensemble_text_features  # noqa: F401
@@ -146,25 +146,6 @@ def build_zeroshot_classifier(clip, places: PlaceList, level: str = "city", temp
              text_level, ", from the cache" if text.hit else "")
     return ZeroShotClassifier(classes, text.features, places, country_mode, reduce, templates, city_country, text.file,
                               text.hit)
-
-
-def load_candidate_places(spec: str | os.PathLike | None, min_population: int | None = None) -> PlaceList:
-    """``world:N`` (built-in cities of >= N inhabitants), a places CSV, or a synthetic world (folder or world.json)."""
-    from progeo.geo.gem_report import places_from_world
-
-    if spec is None or str(spec).strip() == "":
-        return world_cities(100_000 if min_population is None else min_population)
-    text = str(spec).strip()
-    if text.lower().startswith("world:"):
-        try:
-            population = int(float(text.split(":", 1)[1]))
-        except ValueError:
-            raise ConfigError(f"--places {text!r}: write world:N with N a population, e.g. world:100000") from None
-        return world_cities(population)
-    path = Path(text)
-    if path.is_dir() or path.name == "world.json":
-        return places_from_world(path)
-    return read_places_csv(path)
 
 
 @dataclass

@@ -33,7 +33,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what the ProGEO / CosPlace training and
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _pair(size) -> tuple[int, int]:
+def size_pair(size) -> tuple[int, int]:
+    """``(height, width)`` of an image size given as one int or a pair."""
     if isinstance(size, int):
         return (size, size)
     h, w = size
@@ -63,14 +64,14 @@ class PreprocessConfig:
     @classmethod
     def from_dict(cls, d: dict) -> PreprocessConfig:
         try:
-            return cls(image_size=_pair(d["image_size"]), mean=tuple(float(v) for v in d["mean"]),
+            return cls(image_size=size_pair(d["image_size"]), mean=tuple(float(v) for v in d["mean"]),
                        std=tuple(float(v) for v in d["std"]), interpolation=str(d.get("interpolation", "bicubic")),
                        resize_mode=str(d.get("resize_mode", "shortest")), test_resize=bool(d.get("test_resize", True)))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"preprocessing config {d!r} is malformed ({exc}); it needs image_size, mean and std") from exc
 
     def with_size(self, size) -> PreprocessConfig:
-        return dataclasses.replace(self, image_size=_pair(size))
+        return dataclasses.replace(self, image_size=size_pair(size))
 
     def with_normalization(self, normalization: str) -> PreprocessConfig:
         """``"clip"``: keep the weights' own mean/std; ``"imagenet"``: ImageNet's (the authors' pipeline)."""
@@ -129,7 +130,7 @@ def build_visual(model_cfg: dict, image_size=None) -> nn.Module:
 
     cfg = copy.deepcopy(model_cfg)
     if image_size is not None:
-        size = _pair(image_size)  # ModifiedResNet takes one int (only its attention pool depends on it)
+        size = size_pair(image_size)  # ModifiedResNet takes one int (only its attention pool depends on it)
         cfg["vision_cfg"]["image_size"] = size if registry.vision_family(cfg) != "resnet" else size[0]
     builder = getattr(oc_model, "_build_vision_tower", None)
     if builder is None:  # pragma: no cover - older/newer open_clip without the helper
@@ -208,7 +209,7 @@ def visual_family(visual: nn.Module) -> str:
 
 
 def image_size_of(visual: nn.Module) -> tuple[int, int]:
-    return _pair(getattr(visual, "image_size", 224))
+    return size_pair(getattr(visual, "image_size", 224))
 
 
 def resnet_feature_map(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -253,7 +254,7 @@ def interpolate_pos_embed(pos: torch.Tensor, old_grid, new_grid, prefix_tokens: 
 
     ``align_corners`` defaults to the authors' choice for ViT grids (see the comment above).
     """
-    old_grid, new_grid = _pair(old_grid), _pair(new_grid)
+    old_grid, new_grid = size_pair(old_grid), size_pair(new_grid)
     if old_grid == new_grid:
         return pos
     if pos.shape[0] != prefix_tokens + old_grid[0] * old_grid[1]:
@@ -272,10 +273,10 @@ def set_image_size(visual: nn.Module, size, resize_attnpool: bool = True) -> Non
     bicubic with align_corners=True as the authors do. ResNet: the attention pool's position
     embedding (7x7 -> 16x16), when the pool is kept, bicubic with open_clip's align_corners=False.
     """
-    size = _pair(size)
+    size = size_pair(size)
     family = visual_family(visual)
     if family == "vit":
-        patch = _pair(visual.patch_size)
+        patch = size_pair(visual.patch_size)
         if size[0] % patch[0] or size[1] % patch[1]:
             raise ConfigError(f"image size {size} is not a multiple of the ViT patch size {patch}")
         new_grid = (size[0] // patch[0], size[1] // patch[1])

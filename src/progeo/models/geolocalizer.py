@@ -133,7 +133,7 @@ class GeoLocalizer(nn.Module):
                 f"{clip.arch} descriptors are CLIP's {clip.embed_dim}-d image embedding; "
                 f"fc_output_dim={dim} is not possible (omit it or use {clip.embed_dim})")
         visual = copy.deepcopy(clip.visual)
-        size = backbones._pair(image_size) if image_size else backbones.image_size_of(visual)
+        size = backbones.size_pair(image_size) if image_size else backbones.image_size_of(visual)
         backbones.set_image_size(visual, size, resize_attnpool=False)
         config = ModelConfig(arch=clip.arch, clip_config=copy.deepcopy(clip.model_cfg),
                              head="gem" if family == "resnet" else "clip", fc_output_dim=dim,

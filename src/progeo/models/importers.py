@@ -138,12 +138,12 @@ def import_checkpoint(src: str | Path, backbone: str, out: str | Path, *, fc_out
             raise CheckpointError("numeric backbone.N.* keys are only understood for ResNet backbones")
         patch = clip_cfg["vision_cfg"]["patch_size"]
         grid = round((image["positional_embedding"].shape[0] - 1) ** 0.5) if "positional_embedding" in image else None
-        size = backbones._pair(image_size) if image_size else backbones._pair(grid * patch if grid else 224)
+        size = backbones.size_pair(image_size) if image_size else backbones.size_pair(grid * patch if grid else 224)
         dim = int(fc_output_dim or clip_cfg["embed_dim"])
         if head:
             raise CheckpointError(f"a ViT ProGEO model has no aggregation head, the file has {', '.join(list(head)[:3])}")
     else:
-        size = backbones._pair(image_size or 512)
+        size = backbones.size_pair(image_size or 512)
         lin = head.get("aggregation.3.weight")
         dim = int(fc_output_dim or (lin.shape[0] if lin is not None else clip_cfg["embed_dim"]))
     if test_resize is False and family == "vit":
