@@ -276,7 +276,8 @@ def _index_build(args: argparse.Namespace) -> int:
 def _localize(args: argparse.Namespace) -> int:
     from progeo.eval.localize_core import (SCORE_MEANING, format_predictions_table, write_geojson, write_map,
                                            write_predictions_json)
-    from progeo.eval.localizer import Localizer, expand_photo_paths, save_match_grid
+    from progeo.data.image_lists import expand_photo_paths
+    from progeo.eval.localizer import Localizer, save_match_grid
 
     device = _setup(args)
     localizer = Localizer.from_index(args.index, device=device, batch_size=args.batch_size,

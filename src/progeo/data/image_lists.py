@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -259,3 +260,28 @@ def write_paths_file(folder: str | os.PathLike, paths: Sequence[str] | None = No
     with atomic_path(target) as tmp:
         tmp.write_bytes(b"".join(os.fsencode(p) + b"\n" for p in paths))
     return target
+
+
+def natural_key(path: str) -> list:
+    """Sort key putting photo2 before photo10: digit runs compare as numbers, the rest as text
+    (case-insensitive, then as written)."""
+    return [(0, int(part), part) if part.isdigit() else (1, part.lower(), part)
+            for part in re.split(r"(\d+)", path) if part]
+
+
+def expand_photo_paths(items: Sequence[str | os.PathLike] | str | os.PathLike) -> list[str]:
+    """Files in the order given, a folder as its images (recursive) in natural order (photo2
+    before photo10); a missing path is an error."""
+    items = [items] if isinstance(items, (str, os.PathLike)) else list(items)
+    paths: list[str] = []
+    for item in items:
+        if os.path.isdir(item):
+            found = list(walk_images(item))
+            if not found:
+                raise DatasetError(f"no image (.jpg, .jpeg, .png) in the folder {item}")
+            paths.extend(sorted(found, key=natural_key))
+        elif os.path.exists(item):
+            paths.append(os.fspath(item))
+        else:
+            raise DatasetError(f"photo {item} does not exist: give image files or folders of images")
+    return paths

@@ -117,7 +117,8 @@ def describe(model, images, *, batch_size: int = 64, device: str | torch.device 
     model's size and must all be readable. ``device``: None for where the model is.
 
     The model is left as it was: train / eval mode, device and memory layout are restored."""
-    from progeo.eval.localizer import _as_uint8_batch, expand_photo_paths
+    from progeo.data.image_lists import expand_photo_paths
+    from progeo.models.inference import as_uint8_batch
 
     dev = device if device is not None else getattr(model, "device", "cpu")
     if are_paths(images):
@@ -125,7 +126,7 @@ def describe(model, images, *, batch_size: int = 64, device: str | torch.device 
                               num_workers=num_workers, amp=amp, channels_last=channels_last, progress=progress,
                               desc="describing images").descriptors
     if isinstance(images, (list, tuple)):
-        images = _as_uint8_batch(images, model.image_size)
+        images = as_uint8_batch(images, model.image_size)
     with _inference(model, dev, channels_last):
         out = [model.describe(images[s : s + batch_size], device=dev, amp=amp, channels_last=channels_last)
                for s in range(0, len(images), batch_size)]

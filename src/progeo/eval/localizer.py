@@ -12,7 +12,6 @@ Position and confidence are :func:`progeo.eval.localize_core.predict_positions`'
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Sequence
 
@@ -20,37 +19,12 @@ import numpy as np
 
 from progeo.errors import ConfigError, DatasetError
 from progeo.eval.confidence import CONFIDENCE_DEPTH
+from progeo.data.image_lists import expand_photo_paths
 from progeo.eval.descriptors import are_paths, describe, describe_files
 from progeo.eval.index import Index
 from progeo.eval.localize_core import PhotoPrediction, cosine_scale_scores, predict_positions
 from progeo.eval.recall import POSITIVE_DIST_M
-
-
-def natural_key(path: str) -> list:
-    """Sort key putting photo2 before photo10: digit runs compare as numbers, the rest as text
-    (case-insensitive, then as written)."""
-    return [(0, int(part), part) if part.isdigit() else (1, part.lower(), part)
-            for part in re.split(r"(\d+)", path) if part]
-
-
-def expand_photo_paths(items: Sequence[str | os.PathLike] | str | os.PathLike) -> list[str]:
-    """Files in the order given, a folder as its images (recursive) in natural order (photo2
-    before photo10); a missing path is an error."""
-    from progeo.data.image_lists import walk_images
-
-    items = [items] if isinstance(items, (str, os.PathLike)) else list(items)
-    paths: list[str] = []
-    for item in items:
-        if os.path.isdir(item):
-            found = list(walk_images(item))
-            if not found:
-                raise DatasetError(f"no image (.jpg, .jpeg, .png) in the folder {item}")
-            paths.extend(sorted(found, key=natural_key))
-        elif os.path.exists(item):
-            paths.append(os.fspath(item))
-        else:
-            raise DatasetError(f"photo {item} does not exist: give image files or folders of images")
-    return paths
+from progeo.models.inference import as_uint8_batch
 
 
 class Localizer:
@@ -94,7 +68,7 @@ class Localizer:
         self.skipped_paths = []
         if are_paths(images):
             return self.localize_files(expand_photo_paths(images), top_k)
-        batch = _as_uint8_batch(images, self.image_size)
+        batch = as_uint8_batch(images, self.image_size)
         descriptors = describe(self.model, batch, batch_size=self.batch_size, device=self.device)
         return self._predict(descriptors, [f"image {i}" for i in range(len(batch))], top_k)
 
@@ -118,30 +92,6 @@ class Localizer:
             conf_scores = cosine_scale_scores(scores, np.linalg.norm(np.asarray(descriptors, dtype=np.float64), axis=1))
         return predict_positions(ids, scores, self.coordinates, names, self.positive_dist, top_k=top_k,
                                  confidence_scores=conf_scores)
-
-
-def _as_uint8_batch(images, image_size: tuple[int, int]):
-    """Decoded images (PIL list, tensor or array) as a uint8 B x 3 x H x W tensor at ``image_size``."""
-    import torch
-    import torch.nn.functional as F
-
-    from progeo.data.images import pil_to_uint8_tensor
-    from progeo.models.inference import as_nchw
-
-    if isinstance(images, (list, tuple)):
-        from PIL import Image
-
-        if not images or not all(isinstance(i, Image.Image) for i in images):
-            raise ConfigError("give photos as paths (files or folders), a list of PIL images, or a uint8 image batch")
-        images = torch.stack([pil_to_uint8_tensor(i.convert("RGB").resize(image_size[::-1], Image.Resampling.BILINEAR))
-                              for i in images])
-    batch = as_nchw(images)
-    if batch.dtype != torch.uint8:
-        raise ConfigError(f"decoded images must be uint8 (0..255), got {batch.dtype}")
-    if tuple(batch.shape[-2:]) != tuple(image_size):
-        batch = F.interpolate(batch.float(), size=tuple(image_size), mode="bilinear", antialias=True,
-                              align_corners=False).round().clamp(0, 255).to(torch.uint8)
-    return batch
 
 
 def save_match_grid(predictions: Sequence[PhotoPrediction], path: str | os.PathLike, top_k: int = 5,

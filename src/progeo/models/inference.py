@@ -136,3 +136,23 @@ def encode_texts(clip, texts: Sequence[str], device=None, *, batch_size: int = 2
     if not out:
         return np.zeros((0, clip.embed_dim), dtype=np.float32)
     return torch.cat(out).numpy().astype(np.float32, copy=False)
+
+
+def as_uint8_batch(images, image_size: tuple[int, int]):
+    """Decoded images (PIL list, tensor or array) as a uint8 B x 3 x H x W tensor at ``image_size``."""
+    from progeo.data.images import pil_to_uint8_tensor
+
+    if isinstance(images, (list, tuple)):
+        from PIL import Image
+
+        if not images or not all(isinstance(i, Image.Image) for i in images):
+            raise ConfigError("give photos as paths (files or folders), a list of PIL images, or a uint8 image batch")
+        images = torch.stack([pil_to_uint8_tensor(i.convert("RGB").resize(image_size[::-1], Image.Resampling.BILINEAR))
+                              for i in images])
+    batch = as_nchw(images)
+    if batch.dtype != torch.uint8:
+        raise ConfigError(f"decoded images must be uint8 (0..255), got {batch.dtype}")
+    if tuple(batch.shape[-2:]) != tuple(image_size):
+        batch = F.interpolate(batch.float(), size=tuple(image_size), mode="bilinear", antialias=True,
+                              align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    return batch
