@@ -188,7 +188,7 @@ def test_vit_descriptor_is_clip_image_embedding(vit, normalize):
     with torch.no_grad():
         reference = vit.model.encode_image(x, normalize=normalize)
         torch.testing.assert_close(model(x), reference)
-        torch.testing.assert_close(backbones.clip_image_embedding(vit.visual, x), vit.model.encode_image(x))
+        torch.testing.assert_close(vit.visual(x), vit.model.encode_image(x))
 
 
 # -- image size ----------------------------------------------------------------------------------

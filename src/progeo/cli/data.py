@@ -13,6 +13,15 @@ A train folder holds images named @UTM_east@UTM_north@...@heading@...@.jpg; a te
 database/ and queries*/ sub-folders. Exit status: 0 no problem, 1 problems found, 2 unusable input."""
 
 
+def add_partition_flags(p: argparse.ArgumentParser, of: str = "") -> None:
+    """The flags of the CosPlace partition of a train set into classes and groups (the paper's defaults)."""
+    for flag, default, what in (("--M", 10, f"class cell size in metres{of}"), ("--alpha", 30, "class heading bin in degrees"),
+                                ("--N", 5, "cells between classes of a group"),
+                                ("--L", 2, "heading bins between classes of a group"),
+                                ("--min-images-per-class", 10, "smaller classes are dropped")):
+        p.add_argument(flag, type=int, default=default, help=what + " (default: %(default)s)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("check-dataset", help="validate a train or test folder", description=DESCRIPTION)
     p.add_argument("path", metavar="PATH", help="train folder, or test folder with database/ and queries*/")
@@ -22,11 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="query folder to check (default: every queries*/ folder)")
     p.add_argument("--positive-dist", type=float, default=25.0, metavar="METRES",
                    help="a database image within this distance of a query is a positive (default: %(default)s)")
-    p.add_argument("--M", type=int, default=10, help="class cell size in metres (default: %(default)s)")
-    p.add_argument("--alpha", type=int, default=30, help="class heading bin in degrees (default: %(default)s)")
-    p.add_argument("--N", type=int, default=5, help="cells between classes of a group (default: %(default)s)")
-    p.add_argument("--L", type=int, default=2, help="heading bins between classes of a group (default: %(default)s)")
-    p.add_argument("--min-images-per-class", type=int, default=10, help="smaller classes are dropped (default: %(default)s)")
+    add_partition_flags(p)
     p.add_argument("--max-listed", type=int, default=20, help="malformed names listed per folder (default: %(default)s)")
     p.add_argument("--all-paths", action="store_true",
                    help="check that every entry of a paths file exists (default: a sample of 1000)")

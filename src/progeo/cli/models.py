@@ -6,6 +6,8 @@ import argparse
 
 
 def register(subparsers) -> None:
+    from progeo.cli.data import add_partition_flags
+
     p = subparsers.add_parser(
         "import-checkpoint", help="convert a ProGEO/CosPlace state dict into a progeo model folder",
         description="Convert the authors' released ProGEO checkpoints (or any CosPlace-style state dict with "
@@ -39,11 +41,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output prompts file (.safetensors)")
     p.add_argument("--train-set", metavar="FOLDER", default=None,
                    help="the train folder the prompts were learned on (needed to remap the classes)")
-    p.add_argument("--M", type=int, default=10, help="class cell size in metres of stage 1 (default: %(default)s)")
-    p.add_argument("--alpha", type=int, default=30, help="class heading bin in degrees (default: %(default)s)")
-    p.add_argument("--N", type=int, default=5, help="cells between classes of a group (default: %(default)s)")
-    p.add_argument("--L", type=int, default=2, help="heading bins between classes of a group (default: %(default)s)")
-    p.add_argument("--min-images-per-class", type=int, default=10, help="smaller classes are dropped (default: %(default)s)")
+    add_partition_flags(p, of=" of stage 1")
     p.add_argument("--authors-python", choices=("3.8", "3.7"), default="3.8",
                    help="Python the prompts were learned under: 3.8 (3.8 or later, default) or 3.7; "
                         "the authors' class order depends on its tuple hash")

@@ -246,7 +246,8 @@ class ImageBatches:
     ``indices`` are positions in the input list, in order; skipped images are missing from
     them and listed in :attr:`skipped_indices` / :attr:`skipped_paths` (filled while iterating).
     ``image_size=None`` keeps every image at its native size: a batch of images of several
-    sizes is then yielded as one batch per run of equal size.
+    sizes is then yielded as one batch per run of equal size. ``device`` is where the batches
+    will go (memory is pinned only for a CUDA target).
     """
 
     def __init__(
@@ -259,6 +260,7 @@ class ImageBatches:
         resize_mode: ResizeMode = "resize",
         device: str | torch.device = "cpu",
         fast_jpeg: bool = True,
+        skip_hint: bool = True,
     ):
         _check_option(on_bad_image, BAD_IMAGE_POLICIES, "on_bad_image")
         if batch_size < 1 or num_workers < 0:
@@ -267,7 +269,7 @@ class ImageBatches:
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.on_bad_image = on_bad_image
-        self.skip_hint = True  # errors suggest --on-bad-image skip (iter_image_batches(skip_hint=False): not)
+        self.skip_hint = skip_hint  # errors suggest --on-bad-image skip (False for commands without it)
         self.pin_memory = torch.device(device).type == "cuda" and torch.cuda.is_available()
         self.skipped_indices: list[int] = []
 
@@ -311,23 +313,4 @@ class ImageBatches:
                     yield batch.images, batch.indices
 
 
-def iter_image_batches(
-    paths: Sequence[str | os.PathLike],
-    image_size: int | Sequence[int] | None,
-    batch_size: int = 32,
-    num_workers: int = 0,
-    on_bad_image: BadImagePolicy = "fail",
-    resize_mode: ResizeMode = "resize",
-    device: str | torch.device = "cpu",
-    fast_jpeg: bool = True,
-    skip_hint: bool = True,
-) -> ImageBatches:
-    """Batches of decoded images for descriptor extraction; see :class:`ImageBatches`.
-
-    ``device`` is where the batches will go: memory is pinned only for a CUDA target.
-    ``skip_hint``: a failing image's error suggests ``--on-bad-image skip`` (False for commands
-    without that flag, e.g. training).
-    """
-    batches = ImageBatches(paths, image_size, batch_size, num_workers, on_bad_image, resize_mode, device, fast_jpeg)
-    batches.skip_hint = skip_hint
-    return batches
+iter_image_batches = ImageBatches  # the name the extractors call

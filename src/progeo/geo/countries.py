@@ -75,11 +75,6 @@ def country_key(text: str) -> str:
     return code if code else "?" + place_key(str(text))
 
 
-def known_countries() -> dict[str, str]:
-    """Every known country: alpha-2 code -> display name."""
-    return dict(_tables()[1])
-
-
 def suggest_countries(text: str, extra: Iterable[str] = (), n: int = 3) -> list[str]:
     """Closest country display names (and ``extra`` names, e.g. the places' custom countries)."""
     lookup, names = _tables()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -206,3 +207,26 @@ def _scan_bad(clip, paths: list[str], image_size: int | None, batch_size: int, n
     for _ in batches:
         pass
     return sorted(batches.skipped_indices)
+
+
+@dataclass
+class FeatureOptions:
+    """How the frozen image features of a GEM run are computed (zero-shot, probe fit and eval)."""
+
+    device: str = "cpu"  # the commands default to "auto"; see :meth:`resolved`
+    batch_size: int = 128
+    num_workers: int = 0
+    on_bad_image: str = "fail"
+    cache_dir: str | None = None  # image and text feature cache (default: ~/.cache/progeo/features)
+    progress: bool = True
+
+    def resolved(self):
+        """A copy whose ``device`` names the device ``auto`` picks."""
+        from progeo.device import resolve_device
+
+        return dataclasses.replace(self, device=str(resolve_device(self.device)))
+
+    def features(self, gem: GemModel, paths: Sequence) -> ImageFeatures:
+        return image_features(gem.clip, paths, on_bad_image=self.on_bad_image, cache_dir=self.cache_dir,
+                              batch_size=self.batch_size, device=self.device, num_workers=self.num_workers,
+                              progress=self.progress)

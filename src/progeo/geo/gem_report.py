@@ -39,7 +39,8 @@ def run_gem_report(world_dir: str | os.PathLike, weights: str | os.PathLike | No
     from progeo.device import resolve_device
     from progeo.geo.features import load_gem_model
     from progeo.geo.probe import REG_GRID
-    from progeo.geo.probe_fit import FeatureOptions, evaluate_probe, fit_probe
+    from progeo.geo.features import FeatureOptions
+    from progeo.geo.probe_fit import evaluate_probe, fit_probe
     from progeo.geo.zeroshot import build_zeroshot_classifier, zeroshot_run
 
     t0 = time.perf_counter()

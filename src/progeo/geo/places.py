@@ -1,4 +1,4 @@
-"""Candidate places (cities with their country and coordinates) and labelled image lists for GEM.
+"""Candidate places for GEM: cities with their country and coordinates.
 
 - :func:`read_places_csv`: a user's candidate list (``name, country, lat, lon``).
 - :func:`world_cities`: a built-in list from the offline GeoNames gazetteer shipped inside

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from progeo.errors import ConfigError, DatasetError
-from progeo.geo.features import GemModel, image_features
+from progeo.geo.features import FeatureOptions, GemModel
 from progeo.geo.labelled_images import LabelledImages, read_labelled_images
 from progeo.geo.places import PlaceList, load_candidate_places
 from progeo.geo.probe import REG_GRID, WIDEN_STEPS, LinearProbe, load_probe, probe_classes, select_l2, stratified_split, \
@@ -22,23 +22,6 @@ from progeo.geo.probe import REG_GRID, WIDEN_STEPS, LinearProbe, load_probe, pro
 from progeo.geo.report import GemRun, evaluate_labelled, true_classes
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FeatureOptions:
-    """How image features are computed (shared by fitting and evaluation)."""
-
-    device: str = "cpu"
-    batch_size: int = 128
-    num_workers: int = 0
-    on_bad_image: str = "fail"
-    cache_dir: str | None = None
-    progress: bool = True
-
-    def features(self, gem: GemModel, paths: Sequence):
-        return image_features(gem.clip, paths, on_bad_image=self.on_bad_image, cache_dir=self.cache_dir,
-                              batch_size=self.batch_size, device=self.device, num_workers=self.num_workers,
-                              progress=self.progress)
 
 
 def _standardizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -100,16 +83,11 @@ def evaluate_probe(probe: LinearProbe, gem: GemModel, paths: Sequence[str], labe
 
 
 @dataclass
-class _FeatureFields:
-    """How the frozen image features of a probe command are computed (shared by fit and eval)."""
+class _FeatureFields(FeatureOptions):
+    """The image features (see :class:`FeatureOptions`) and labels CSV flavour of a probe command."""
 
     flavour: str | None = None
     device: str = "auto"
-    batch_size: int = 128
-    num_workers: int = 0
-    on_bad_image: str = "fail"
-    cache_dir: str | None = None
-    progress: bool = True
 
 
 @dataclass
@@ -147,13 +125,6 @@ class ProbeEvalConfig(_FeatureFields):
     predictions_format: str = "csv"
 
 
-def _options(cfg) -> FeatureOptions:
-    from progeo.device import resolve_device
-
-    return FeatureOptions(str(resolve_device(cfg.device)), cfg.batch_size, cfg.num_workers, cfg.on_bad_image,
-                          cfg.cache_dir, cfg.progress)
-
-
 def _places(spec: str | None) -> PlaceList | None:
     return load_candidate_places(spec) if spec else None
 
@@ -169,7 +140,7 @@ def run_probe_fit(cfg: ProbeFitConfig) -> LinearProbe:
         raise ConfigError(f"--level {cfg.level!r}: choose city or country")
     train = read_labelled_images(cfg.train, cfg.train_images_dir, cfg.flavour)
     val = read_labelled_images(cfg.val, cfg.val_images_dir, cfg.flavour) if cfg.val else None
-    opts = _options(cfg)
+    opts = cfg.resolved()
     gem = load_gem_model(cfg.model, cfg.weights, opts.device)
     probe = fit_probe(gem, train, val, level=cfg.level, places=_places(cfg.places), val_fraction=cfg.val_fraction,
                       grid=cfg.grid, max_iter=cfg.max_iter, seed=cfg.seed, options=opts, widen=cfg.widen)
@@ -191,7 +162,7 @@ def run_probe_eval(cfg: ProbeEvalConfig) -> GemRun:
     places = _places(cfg.places)
     if labels is not None:  # label errors before any model work
         true_classes(labels, probe.classes, places)
-    opts = _options(cfg)
+    opts = cfg.resolved()
     model, weights = (cfg.model, cfg.weights) if cfg.model else (probe.model.model, probe.model.weights)
     gem = load_gem_model(model, weights, opts.device)
     run = evaluate_probe(probe, gem, paths, labels, places, top_k=cfg.top_k, options=opts)

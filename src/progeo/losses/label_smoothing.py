@@ -14,7 +14,6 @@ It is computed in float32 with autocast disabled.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 
 def label_smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, epsilon: float = 0.1) -> torch.Tensor:
@@ -36,19 +35,3 @@ def label_smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ep
         nll = -log_p.gather(1, targets.unsqueeze(1)).squeeze(1)
         uniform = -log_p.mean(dim=1)
         return ((1.0 - epsilon) * nll + epsilon * uniform).mean()
-
-
-class LabelSmoothingCrossEntropy(nn.Module):
-    """Module form of :func:`label_smoothed_cross_entropy` (default ``epsilon = 0.1``)."""
-
-    def __init__(self, epsilon: float = 0.1) -> None:
-        super().__init__()
-        if not 0.0 <= epsilon <= 1.0:
-            raise ValueError(f"label smoothing epsilon must lie in [0, 1], got {epsilon}")
-        self.epsilon = float(epsilon)
-
-    def extra_repr(self) -> str:
-        return f"epsilon={self.epsilon}"
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return label_smoothed_cross_entropy(logits, targets, self.epsilon)

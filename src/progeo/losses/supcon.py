@@ -18,7 +18,6 @@ As the ProGEO authors do, features are used raw by default (``normalize=False``,
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 
@@ -72,22 +71,3 @@ def image_text_supcon(
     i2t = supcon_loss(image_feats, text_feats, labels, labels, tau=tau, normalize=normalize)
     t2i = supcon_loss(text_feats, image_feats, labels, labels, tau=tau, normalize=normalize)
     return i2t + t2i
-
-
-class SupConLoss(nn.Module):
-    """Module form of :func:`supcon_loss` (``tau`` and ``normalize`` fixed at construction)."""
-
-    def __init__(self, tau: float = 1.0, normalize: bool = False) -> None:
-        super().__init__()
-        if tau <= 0:
-            raise ValueError(f"SupConLoss temperature tau must be > 0, got {tau}")
-        self.tau = float(tau)
-        self.normalize = bool(normalize)
-
-    def extra_repr(self) -> str:
-        return f"tau={self.tau}, normalize={self.normalize}"
-
-    def forward(
-        self, a: torch.Tensor, b: torch.Tensor, a_labels: torch.Tensor, b_labels: torch.Tensor
-    ) -> torch.Tensor:
-        return supcon_loss(a, b, a_labels, b_labels, tau=self.tau, normalize=self.normalize)

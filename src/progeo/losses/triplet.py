@@ -20,7 +20,6 @@ squared distance is clamped at 1e-12 before the square root so gradients stay fi
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 MINING_MODES = ("batch_hard", "all")
@@ -62,19 +61,3 @@ def soft_triplet_loss(descriptors: torch.Tensor, labels: torch.Tensor, mining: s
             return dist.sum() * 0.0
         diff = dist.unsqueeze(2) - dist.unsqueeze(1)  # diff[a, p, n] = d(a, p) - d(a, n)
         return F.softplus(diff[triplet_mask]).mean()
-
-
-class SoftTripletLoss(nn.Module):
-    """Module form of :func:`soft_triplet_loss`."""
-
-    def __init__(self, mining: str = "batch_hard") -> None:
-        super().__init__()
-        if mining not in MINING_MODES:
-            raise ValueError(f"unknown triplet mining {mining!r}; choose one of {', '.join(MINING_MODES)}")
-        self.mining = mining
-
-    def extra_repr(self) -> str:
-        return f"mining={self.mining!r}"
-
-    def forward(self, descriptors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return soft_triplet_loss(descriptors, labels, self.mining)

@@ -229,11 +229,6 @@ def resnet_attention_pool(visual: nn.Module, feature_map: torch.Tensor) -> torch
     return visual.attnpool(feature_map)
 
 
-def clip_image_embedding(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """CLIP's own image embedding (ViT: CLS -> ln_post -> proj; ResNet: attention pool)."""
-    return visual(images)
-
-
 # -- image size ------------------------------------------------------------------------------
 
 

@@ -174,31 +174,30 @@ def save_prompts(path: str | Path, learners: Sequence[PromptLearner], architectu
     return path
 
 
-def prompt_group_ids(path: str | Path) -> list[tuple[int, int, int]] | None:
-    """The group id of each group of a prompts file, when it records them (imported files do)."""
+def _read_prompts_file(path: str | Path, tensors: bool) -> tuple[dict, dict]:
+    """The ``progeo`` metadata of a prompts file and, if asked, its tensors."""
     from safetensors import safe_open
 
     fix = "run stage 1 again (`progeo train stage1`) or convert the authors' prompts with `progeo import-prompts`"
     with reading(path, "prompts file", fix, CheckpointError):
         with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("progeo", "{}"))
-    ids = meta.get("group_ids")
+            return (json.loads((f.metadata() or {}).get("progeo", "{}")),
+                    {k: f.get_tensor(k) for k in f.keys()} if tensors else {})
+
+
+def prompt_group_ids(path: str | Path) -> list[tuple[int, int, int]] | None:
+    """The group id of each group of a prompts file, when it records them (imported files do)."""
+    ids = _read_prompts_file(path, tensors=False)[0].get("group_ids")
     return None if ids is None else [tuple(int(v) for v in gid) for gid in ids]
 
 
 def load_prompts(path: str | Path, text_encoder=None, architecture: str | None = None,
                  device: str | torch.device = "cpu") -> tuple[list[PromptLearner], PromptsInfo]:
     """Read a prompts file; check it against ``text_encoder`` / ``architecture`` when given."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"prompts file {path} does not exist; run stage 1 or `progeo import-prompts`")
-    fix = "run stage 1 again (`progeo train stage1`) or convert the authors' prompts with `progeo import-prompts`"
-    with reading(path, "prompts file", fix, CheckpointError):
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("progeo", "{}"))
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta, tensors = _read_prompts_file(path, tensors=True)
     if meta.get("format") != PROMPTS_FORMAT:
         raise CheckpointError(f"{path} is not a progeo prompts file (no 'progeo' metadata); convert it with `progeo import-prompts`")
     groups = int(meta.get("groups_num", 0))
