@@ -53,6 +53,19 @@ def pytest_configure(config):
 
 
 @pytest.fixture(scope="module")
+def restore_threads():
+    """Give torch and faiss back their thread counts after a module whose CLI calls pass ``--threads``.
+    Use with ``pytestmark = pytest.mark.usefixtures("restore_threads")``."""
+    import faiss
+    import torch
+
+    torch_threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
+    yield
+    torch.set_num_threads(torch_threads)
+    faiss.omp_set_num_threads(faiss_threads)
+
+
+@pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models gain nothing from intra-op threads, and spinning OpenMP threads make the run
     very slow when other processes share the cores; one thread keeps these tests fast anywhere.

@@ -13,15 +13,8 @@ import torch
 
 from progeo.cli import main
 
+pytestmark = pytest.mark.usefixtures("restore_threads")
 FAST = ["--device", "cpu", "--num-workers", "0", "--no-progress", "--threads", "1"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def restore_threads():
-    torch_threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
-    yield
-    torch.set_num_threads(torch_threads)
-    faiss.omp_set_num_threads(faiss_threads)
 
 
 @pytest.fixture(scope="module")

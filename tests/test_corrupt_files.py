@@ -20,15 +20,7 @@ import torch
 from progeo.cli import main
 
 FAST = ["--device", "cpu", "--num-workers", "0", "--no-progress", "--threads", "1"]
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def restore_threads():
-    torch_threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
-    yield
-    torch.set_num_threads(torch_threads)
-    faiss.omp_set_num_threads(faiss_threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "restore_threads")
 
 
 @pytest.fixture(scope="module")

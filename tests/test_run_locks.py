@@ -20,7 +20,7 @@ import progeo
 from progeo.errors import FolderInUseError
 from progeo.locks import LOCK_NAME, folder_lock
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "restore_threads")
 
 SRC = str(Path(progeo.__file__).resolve().parents[1])
 ENV = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -219,17 +219,6 @@ def model_dir(tmp_path_factory):
 
     torch.manual_seed(0)
     return str(save_model(build_model("tiny-vit"), tmp_path_factory.mktemp("model") / "tiny"))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def restore_threads():
-    import faiss
-    import torch
-
-    torch_threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
-    yield
-    torch.set_num_threads(torch_threads)
-    faiss.omp_set_num_threads(faiss_threads)
 
 
 def test_evaluations_of_different_query_folders_into_one_out_add_up(tiny_world, model_dir, tmp_path, capsys):
