@@ -261,5 +261,5 @@ def test_default_groups_of_stage1_chain_into_stage2(tiny_world, tmp_path):
     assert len(s1.classes_per_group) == Stage1Config().groups_num == Stage2Config().groups_num == 8
     s2 = run_stage2(Stage2Config(out_dir=str(tmp_path / "s2"), val_set=str(tiny_world / "val"),
                                  prompts=str(s1.prompts_path), image_size=64, epochs=1, iterations_per_epoch=2,
-                                 batch_size=8, freeze_trans=2, eval_batch_size=64, **common))
+                                 batch_size=8, freeze_trans=2, **common))
     assert s2.epochs_done == 1 and len(s2.classifiers) == 8 and "train_text" in s2.val_history[0]

@@ -31,7 +31,7 @@ def _cfg(tiny_world, tmp_path, prompts, **kw) -> Stage2Config:
     base = dict(train_set=str(tiny_world / "train"), val_set=str(tiny_world / "val"), backbone="tiny-vit",
                 prompts=str(prompts) if prompts else None, out_dir=str(tmp_path / "stage2"), image_size=64, groups_num=1, epochs=3,
                 iterations_per_epoch=6, batch_size=12, lr=3e-4, freeze_trans=2, device="cpu", progress=False,
-                tensorboard=False, groups_cache_dir=str(tmp_path / "groups"), eval_batch_size=64)
+                tensorboard=False, groups_cache_dir=str(tmp_path / "groups"))
     base.update(kw)
     return Stage2Config(**base)
 

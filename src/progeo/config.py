@@ -16,7 +16,9 @@ adds the default, and ``--help`` shows that.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import numbers
 import types
 import typing
 from dataclasses import dataclass
@@ -28,10 +30,16 @@ from progeo.errors import ConfigError, reading
 C = TypeVar("C")
 
 
-def _opt(default: Any, help: str, paper: bool = False) -> Any:
-    """A config field: its default, and in its metadata its help text (what it does, its unit) and
-    ``paper=True`` when the default is the paper's value (SPEC 1.2-1.5)."""
-    return dataclasses.field(default=default, metadata={"help": help, "paper": paper})
+def _opt(default: Any, help: str, paper: bool = False, flat: str | None = None) -> Any:
+    """A config field: its default, and in its metadata its help text (what it does, its unit),
+    ``paper=True`` when the default is the paper's value (SPEC 1.2-1.5) and, for a field of a
+    section, its ``flat`` name (flag and flat key) when that is not the field's own name."""
+    return dataclasses.field(default=default, metadata={"help": help, "paper": paper, "flat": flat})
+
+
+def _section(cls: type) -> Any:
+    """A config field holding a section (a dataclass of its own), by default its defaults."""
+    return dataclasses.field(default_factory=cls)
 
 
 @dataclass
@@ -77,9 +85,9 @@ class ResumeFields:
                               "continue the run, or drop --resume to start it again")
 
 
-@dataclass
-class GroupsFields:
-    """CosPlace partition (SPEC 1.2); turned into :class:`progeo.data.groups.GroupsConfig`."""
+@dataclass(frozen=True)
+class GroupsConfig:
+    """CosPlace partition (SPEC 1.2): the ``groups`` section of stage 1 and stage 2."""
 
     M: int = _opt(10, "side of a class cell, in metres", paper=True)
     alpha: int = _opt(30, "width of a class's heading bin, in degrees", paper=True)
@@ -87,13 +95,60 @@ class GroupsFields:
                      "apart", paper=True)
     L: int = _opt(2, "heading bins between two classes of one group", paper=True)
     min_images_per_class: int = _opt(10, "classes with fewer images are dropped (CosPlace's value)")
-    groups_cache_dir: str | None = _opt(None, "folder where the partition of the train set is cached "
-                                              "(none: $PROGEO_CACHE_DIR or ~/.cache/progeo)")
 
-    def groups_config(self):
-        from progeo.data.groups import GroupsConfig
+    def __post_init__(self) -> None:
+        for name, value in dataclasses.asdict(self).items():
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ConfigError(f"GroupsConfig.{name} must be a positive integer, got {value!r}")
 
-        return GroupsConfig(M=self.M, alpha=self.alpha, N=self.N, L=self.L, min_images_per_class=self.min_images_per_class)
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """Stage 2's on-device augmentation (SPEC 1.5), the ``augment`` section; :class:`progeo.train.augment.
+    AugmentConfig` adds the output size and the mean/std."""
+
+    brightness: float = _opt(0.7, "colour jitter: brightness factor drawn in [1 - b, 1 + b]", paper=True)
+    contrast: float = _opt(0.7, "colour jitter: contrast factor drawn in [1 - c, 1 + c]", paper=True)
+    saturation: float = _opt(0.7, "colour jitter: saturation factor drawn in [1 - s, 1 + s]", paper=True)
+    hue: float = _opt(0.5, "colour jitter: hue shift drawn in [-h, h], in turns of the colour wheel, at most 0.5",
+                      paper=True)
+    crop_scale: tuple[float, float] = _opt((0.5, 1.0), "random resized crop: LOW HIGH bounds of the crop's area "
+                                                       "as a fraction of the image", paper=True)
+
+    def __post_init__(self) -> None:
+        for name in ("brightness", "contrast", "saturation"):
+            _positive(self, name, allow_zero=True)
+        if not 0 <= self.hue <= 0.5:
+            raise ConfigError(f"hue={self.hue} must lie in [0, 0.5] (torchvision's ColorJitter range)")
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError(f"crop_scale={self.crop_scale} must satisfy 0 < low <= high <= 1, e.g. 0.5 1.0")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Stage 2's validation and test recalls, the ``eval`` section; :func:`eval_config` makes the
+    :class:`progeo.eval.evaluate.EvalConfig` of a run from it."""
+
+    batch_size: int = _opt(64, "images per batch when computing validation and test descriptors",
+                           flat="eval_batch_size")
+    recall_values: tuple[int, ...] = _opt((1, 5, 10, 20), "the N of the recall@N reported on val and test")
+    positive_dist: float = _opt(25.0, "distance, in metres, within which a database image is a positive of a "
+                                      "query", paper=True)
+
+    def __post_init__(self) -> None:
+        _positive(self, "batch_size")
+        if not self.recall_values or min(self.recall_values) < 1:
+            raise ConfigError(f"recall_values={self.recall_values} must be positive integers, e.g. 1 5 10 20")
+
+
+def eval_config(cfg, device, positive_dist: float | None = None):
+    """The :class:`~progeo.eval.evaluate.EvalConfig` of run ``cfg``'s ``eval`` section on ``device``."""
+    from progeo.eval.evaluate import EvalConfig
+
+    settings = dataclasses.asdict(cfg.eval) | ({} if positive_dist is None else {"positive_dist": positive_dist})
+    return EvalConfig(**settings, num_workers=cfg.num_workers, device=str(device), amp=cfg.amp,
+                      progress=cfg.progress)
 
 
 @dataclass
@@ -149,11 +204,14 @@ class ModelFields:
 
 
 @dataclass
-class Stage1Config(GroupsFields, ModelFields, ResumeFields, RunConfig):
+class Stage1Config(ModelFields, ResumeFields, RunConfig):
     """ProGEO stage 1: learn one prompt learner per group on cached, frozen image features."""
 
     train_set: str = _opt("", "training folder of @-named images (CosPlace layout); required")
     out_dir: str = "runs/stage1"
+    groups: GroupsConfig = _section(GroupsConfig)
+    groups_cache_dir: str | None = _opt(None, "folder where the partition of the train set is cached "
+                                              "(none: $PROGEO_CACHE_DIR or ~/.cache/progeo)")
     # The authors' README runs stage 1 with 1 group, but stage 2 trains 8 and needs prompts for every
     # group it trains, so their defaults do not chain. We default to stage 2's 8 groups; the 480 epochs
     # are spread over them (epoch e trains group e mod groups_num, 60 epochs per group).
@@ -178,7 +236,6 @@ class Stage1Config(GroupsFields, ModelFields, ResumeFields, RunConfig):
 
     def check(self) -> None:
         super().check()
-        self.groups_config()  # validates M, alpha, N, L, min_images_per_class
         for name in ("groups_num", "epochs", "batch_size", "feature_batch_size"):
             _positive(self, name)
         _positive(self, "lr")
@@ -192,7 +249,7 @@ class Stage1Config(GroupsFields, ModelFields, ResumeFields, RunConfig):
 
 
 @dataclass
-class Stage2Config(GroupsFields, ModelFields, ResumeFields, RunConfig):
+class Stage2Config(ModelFields, ResumeFields, RunConfig):
     """ProGEO stage 2: train the image encoder with CosFace + the prompts' text features."""
 
     train_set: str = _opt("", "training folder of @-named images (CosPlace layout); required")
@@ -205,6 +262,11 @@ class Stage2Config(GroupsFields, ModelFields, ResumeFields, RunConfig):
     prompts: str | None = _opt(None, "prompts file of stage 1 (RUN/prompts.safetensors); required unless "
                                      "--no-text-loss")
     out_dir: str = "runs/stage2"
+    groups: GroupsConfig = _section(GroupsConfig)
+    groups_cache_dir: str | None = _opt(None, "folder where the partition of the train set is cached "
+                                              "(none: $PROGEO_CACHE_DIR or ~/.cache/progeo)")
+    augment: AugmentSettings = _section(AugmentSettings)
+    eval: EvalSettings = _section(EvalSettings)
     # model
     fc_output_dim: int | None = _opt(None, "descriptor size (none: CLIP's embedding size, RN50 1024, ViT-B 512; "
                                            "another size only for ResNets)")
@@ -214,6 +276,7 @@ class Stage2Config(GroupsFields, ModelFields, ResumeFields, RunConfig):
     freeze_trans: int = _opt(6, "ViT: frozen transformer blocks after the patch embedding and ln_pre", paper=True)
     train_all_layers: bool = _opt(False, "train every layer of the image encoder (overrides freeze_cnn and "
                                          "freeze_trans)")
+    normalization: str = _opt("imagenet", "input mean/std: imagenet or clip (the backbone's own)", paper=True)
     # data and optimisation
     groups_num: int = _opt(8, "groups trained, epoch e on group e mod groups_num: the partition's first ones, or "
                               "the first an imported prompts file names", paper=True)
@@ -236,38 +299,16 @@ class Stage2Config(GroupsFields, ModelFields, ResumeFields, RunConfig):
     triplet_weight: float = _opt(0.0, "weight of an added soft triplet loss (0: off)", paper=True)
     triplet_mining: str = _opt("batch_hard", "triplets of the soft triplet loss: batch_hard (hardest positive "
                                              "and negative per anchor) or all")
-    # augmentation (on the device, per image)
-    brightness: float = _opt(0.7, "colour jitter: brightness factor drawn in [1 - b, 1 + b]", paper=True)
-    contrast: float = _opt(0.7, "colour jitter: contrast factor drawn in [1 - c, 1 + c]", paper=True)
-    saturation: float = _opt(0.7, "colour jitter: saturation factor drawn in [1 - s, 1 + s]", paper=True)
-    hue: float = _opt(0.5, "colour jitter: hue shift drawn in [-h, h], in turns of the colour wheel, at most 0.5",
-                      paper=True)
-    crop_scale: tuple[float, float] = _opt((0.5, 1.0), "random resized crop: LOW HIGH bounds of the crop's area "
-                                                       "as a fraction of the image", paper=True)
-    normalization: str = _opt("imagenet", "input mean/std: imagenet or clip (the backbone's own)", paper=True)
-    # evaluation
-    eval_batch_size: int = _opt(64, "images per batch when computing validation and test descriptors")
-    recall_values: tuple[int, ...] = _opt((1, 5, 10, 20), "the N of the recall@N reported on val and test")
-    positive_dist: float = _opt(25.0, "distance, in metres, within which a database image is a positive of a "
-                                      "query", paper=True)
-
     def check(self) -> None:
         super().check()
-        self.groups_config()
-        for name in ("groups_num", "epochs", "iterations_per_epoch", "batch_size", "image_size", "eval_batch_size"):
+        for name in ("groups_num", "epochs", "iterations_per_epoch", "batch_size", "image_size"):
             _positive(self, name)
         for name in ("lr", "classifiers_lr", "cosface_s"):
             _positive(self, name)
-        for name in ("text_loss_weight", "triplet_weight", "cosface_m", "brightness",
-                     "contrast", "saturation"):
+        for name in ("text_loss_weight", "triplet_weight", "cosface_m"):
             _positive(self, name, allow_zero=True)
-        if not 0 <= self.hue <= 0.5:
-            raise ConfigError(f"hue={self.hue} must lie in [0, 0.5] (torchvision's ColorJitter range)")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing={self.label_smoothing} must lie in [0, 1)")
-        lo, hi = self.crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise ConfigError(f"crop_scale={self.crop_scale} must satisfy 0 < low <= high <= 1, e.g. 0.5 1.0")
         if self.normalization not in ("imagenet", "clip"):
             raise ConfigError(f"normalization={self.normalization!r}: choose 'imagenet' or 'clip'")
         if self.triplet_mining not in ("batch_hard", "all"):
@@ -276,8 +317,6 @@ class Stage2Config(GroupsFields, ModelFields, ResumeFields, RunConfig):
             raise ConfigError(f"freeze_cnn={self.freeze_cnn} must be between 0 and 4")
         if self.freeze_trans < 0:
             raise ConfigError(f"freeze_trans={self.freeze_trans} must be >= 0")
-        if not self.recall_values or min(self.recall_values) < 1:
-            raise ConfigError(f"recall_values={self.recall_values} must be positive integers, e.g. 1 5 10 20")
 
 
 # -- reading, merging, writing ---------------------------------------------------------------
@@ -290,23 +329,44 @@ def _positive(cfg, name: str, allow_zero: bool = False) -> None:
         raise ConfigError(f"{name}={value} must be {bound}")
 
 
-def config_fields(cls) -> dict[str, Any]:
-    """``name -> type`` of a config dataclass (types resolved)."""
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+@functools.cache
+def flat_fields(cls) -> dict[str, tuple[str | None, dataclasses.Field, Any]]:
+    """The one mapping of flat names (flags ``--name``, flat config keys) onto the fields of ``cls``:
+    ``name -> (section or None, field, type)``; a section's field keeps its own name unless its
+    metadata gives a ``flat`` one (``eval.batch_size`` is ``eval_batch_size``)."""
+    out = {}
     hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    for f in dataclasses.fields(cls):
+        if not _is_section(hints[f.name]):
+            out[f.name] = (None, f, hints[f.name])
+            continue
+        sub = typing.get_type_hints(hints[f.name])
+        for g in dataclasses.fields(hints[f.name]):
+            out[g.metadata.get("flat") or g.name] = (f.name, g, sub[g.name])
+    return out
+
+
+def config_fields(cls) -> dict[str, Any]:
+    """``flat name -> type`` of a config dataclass (types resolved; see :func:`flat_fields`)."""
+    return {name: tp for name, (_, _, tp) in flat_fields(cls).items()}
 
 
 def field_help(cls, name: str) -> str:
-    """Help text of field ``name`` of the config class ``cls``, ending with its default.
+    """Help text of the setting with flat name ``name`` of the config class ``cls``, ending with its default.
 
     A subclass that only changes a field's default (``out_dir``) keeps its base class's text.
     """
-    text = next((k.__dataclass_fields__[name].metadata.get("help") for k in cls.__mro__
-                 if name in getattr(k, "__dataclass_fields__", {})
-                 and k.__dataclass_fields__[name].metadata.get("help")), None)
+    section, f, _ = flat_fields(cls)[name]
+    owner = typing.get_type_hints(cls)[section] if section else cls
+    text = next((k.__dataclass_fields__[f.name].metadata.get("help") for k in owner.__mro__
+                 if f.name in getattr(k, "__dataclass_fields__", {})
+                 and k.__dataclass_fields__[f.name].metadata.get("help")), None)
     if text is None:
         raise KeyError(f"{cls.__name__}.{name} has no help text; give it one with _opt(default, help)")
-    f = cls.__dataclass_fields__[name]
     paper = ", the paper's value" if f.metadata.get("paper") else ""
     return f"{text} (default: {show_value(f.default)}{paper})"
 
@@ -393,23 +453,58 @@ def coerce_value(value: Any, tp: Any, name: str, where: str) -> Any:
     return value
 
 
+def _unknown(key: str, where: str, known: list[str], placed: dict[str, str]) -> ConfigError:
+    import difflib
+
+    name = key.rsplit(".", 1)[-1]
+    if name in placed:
+        return ConfigError(f"option {key!r} in {where} is misplaced; write it as {placed[name]}")
+    close = difflib.get_close_matches(key, known, n=3)
+    hint = f"did you mean {', '.join(close)}?" if close else f"known keys: {', '.join(sorted(known))}"
+    return ConfigError(f"unknown option {key!r} in {where}; {hint}")
+
+
+def flatten_config(cls, data: Mapping[str, Any], where: str = "the configuration") -> dict[str, Any]:
+    """``flat name -> value`` of ``data``, which holds flat keys (``lr``, ``M``, ``eval_batch_size``),
+    sections (``groups: {M: 20}``), or both; an unknown or misplaced key is an error naming it."""
+    fields = flat_fields(cls)
+    dotted = {f"{sec}.{f.name}": name for name, (sec, f, _) in fields.items() if sec}
+    sections = {sec for sec, _, _ in fields.values() if sec}
+    out = {}
+    for key, value in data.items():
+        key = str(key).replace("-", "_")
+        if key in sections and isinstance(value, Mapping):
+            items = [(f"{key}.{str(k).replace('-', '_')}", v) for k, v in value.items()]
+        else:
+            items = [(key, value)]
+        for sub, v in items:
+            name = dotted.get(sub, sub if "." not in sub else None)
+            if name not in fields:
+                placed = {d.rsplit(".", 1)[1]: f"{d} (or {n})" for d, n in dotted.items()} | {n: n for n in fields}
+                raise _unknown(sub, where, list(fields) + list(dotted), placed)
+            out[name] = v
+    return out
+
+
 def config_from_dict(cls: type[C], data: Mapping[str, Any], where: str = "the configuration",
                      base: C | None = None) -> C:
-    """A ``cls`` with the values of ``data`` over ``base`` (or the defaults); unknown keys are errors."""
-    fields = config_fields(cls)
-    values = dataclasses.asdict(base) if base is not None else {}
-    for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if name not in fields:
-            import difflib
-
-            close = difflib.get_close_matches(name, list(fields), n=3)
-            hint = f"did you mean {', '.join(close)}?" if close else f"known keys: {', '.join(sorted(fields))}"
-            raise ConfigError(f"unknown option {key!r} in {where}; {hint}")
-        values[name] = coerce_value(value, fields[name], name, where)
-    cfg = cls(**values)
+    """A ``cls`` with the values of ``data`` (see :func:`flatten_config`) over ``base`` (or the defaults)."""
+    fields = flat_fields(cls)
+    values = flat_config(base if base is not None else cls())
+    values |= {name: coerce_value(v, fields[name][2], name, where) for name, v in flatten_config(cls, data, where).items()}
+    sections: dict[str | None, dict] = {}
+    for name, (sec, f, _) in fields.items():
+        sections.setdefault(sec, {})[f.name] = values[name]
+    hints = typing.get_type_hints(cls)
+    cfg = cls(**sections.pop(None), **{sec: hints[sec](**kw) for sec, kw in sections.items()})
     cfg.check()
     return cfg
+
+
+def flat_config(cfg) -> dict:
+    """``flat name -> value`` of a config (the flags' and old config files' spelling)."""
+    return {name: getattr(getattr(cfg, sec) if sec else cfg, f.name)
+            for name, (sec, f, _) in flat_fields(type(cfg)).items()}
 
 
 def load_config(cls: type[C], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> C:
@@ -437,6 +532,7 @@ def save_config(cfg, path: str | Path) -> Path:
     return Path(path)
 
 
-__all__ = ["RunConfig", "ResumeFields", "PretrainConfig", "Stage1Config", "Stage2Config", "load_config",
-           "config_from_dict", "read_config_file", "save_config", "config_to_dict", "config_fields", "coerce_value",
+__all__ = ["RunConfig", "ResumeFields", "PretrainConfig", "Stage1Config", "Stage2Config", "GroupsConfig",
+           "AugmentSettings", "EvalSettings", "eval_config", "load_config", "config_from_dict", "flat_fields",
+           "flat_config", "read_config_file", "save_config", "config_to_dict", "config_fields", "coerce_value",
            "field_help"]

@@ -16,6 +16,7 @@ batches (resume, stop_after, signals, NaN stop) are the run engine's (:mod:`prog
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -107,7 +108,7 @@ class Stage1(TrainingStage):
 
         super().__init__(ctx)
         cfg, device = self.cfg, self.device
-        train_set = TrainSet.open(cfg.train_set, cfg.groups_config(), cache_dir=cfg.groups_cache_dir)
+        train_set = TrainSet.open(cfg.train_set, cfg.groups, cache_dir=cfg.groups_cache_dir)
         self.groups = train_set.first_groups(cfg.groups_num)
         self.clip = load_frozen_clip(cfg, device)
         self.feats, self.per_group, self.cache_file, self.hit = group_features(self.clip, self.groups, cfg, device)
@@ -182,8 +183,8 @@ class Stage1(TrainingStage):
         prompts_path = run.path / PROMPTS_NAME
         extra = {"backbone": cfg.backbone, "weights": cfg.weights,
                  "image_weights_sha1": weights_fingerprint(self.clip.visual),
-                 "train_set": str(Path(cfg.train_set).resolve()), "groups": {k: getattr(cfg, k) for k in
-                 ("M", "alpha", "N", "L", "min_images_per_class")}, "epochs": cfg.epochs, "final_loss": losses[-1]}
+                 "train_set": str(Path(cfg.train_set).resolve()), "groups": dataclasses.asdict(cfg.groups),
+                 "epochs": cfg.epochs, "final_loss": losses[-1]}
         save_prompts(prompts_path, self.learners, architecture=self.clip.arch, extra={"provenance": extra})
         seconds = time.perf_counter() - self.ctx.started
         run.write_metrics({"stage": "stage1", "first_loss": losses[0], "final_loss": losses[-1], "epochs": cfg.epochs,
