@@ -1,10 +1,12 @@
 """Configuration of the training stages: dataclasses whose defaults are the paper's values.
 
-Every field is a command-line flag (``--field-name``) and a key of a YAML/JSON config file
-(``--config FILE``); flags given on the command line override the file, the file overrides
-the defaults. A key that is not a field is an error naming the key and the file. Each field's
-help text (what it does, its unit, the paper's value) is in its metadata; :func:`field_help`
-adds the default, and ``--help`` shows that.
+Settings are grouped in sections (``groups``: :class:`GroupsConfig`, ``augment``, ``eval``) that the
+stages use whole. Every setting is a command-line flag (``--flat-name``) and a key of a YAML/JSON
+config file (``--config FILE``), flat (``M``, ``eval_batch_size``) or inside its section (``groups:
+{M: 20}``); :func:`flat_fields` is the one mapping of flat names onto fields. Flags override the
+file, the file the defaults; an unknown or misplaced key is an error naming the key and the file.
+Each field's help text (what it does, its unit, the paper's value) is in its metadata;
+:func:`field_help` adds the default, and ``--help`` shows that.
 
 - :class:`PretrainConfig`: contrastive image-text pretraining of a tiny CLIP (our demo's
   substitute for OpenAI's weights; not part of the paper).
@@ -28,6 +30,7 @@ from typing import Any, Mapping, TypeVar
 from progeo.errors import ConfigError, reading
 
 C = TypeVar("C")
+_OUT_DIR = "run folder: config.json, logs, metrics, checkpoints and the trained model"
 
 
 def _opt(default: Any, help: str, paper: bool = False, flat: str | None = None) -> Any:
@@ -37,16 +40,11 @@ def _opt(default: Any, help: str, paper: bool = False, flat: str | None = None) 
     return dataclasses.field(default=default, metadata={"help": help, "paper": paper, "flat": flat})
 
 
-def _section(cls: type) -> Any:
-    """A config field holding a section (a dataclass of its own), by default its defaults."""
-    return dataclasses.field(default_factory=cls)
-
-
 @dataclass
 class RunConfig:
     """Fields every training command has."""
 
-    out_dir: str = _opt("runs/run", "run folder: config.json, logs, metrics, checkpoints and the trained model")
+    out_dir: str = _opt("runs/run", _OUT_DIR)
     device: str = _opt("auto", "device to train on: cpu, cuda, cuda:N, mps, or auto (CUDA, then MPS, then CPU)")
     seed: int = _opt(0, "random seed of initialisation, sampling and augmentation; a run repeats with the same seed")
     amp: bool = _opt(True, "mixed precision where the device supports it (CUDA, MPS), as the paper trains; "
@@ -57,9 +55,8 @@ class RunConfig:
     threads: int | None = _opt(None, "torch CPU threads during the run (none: torch's default; 1 suits tiny models)")
 
     def check(self) -> None:
-        _positive(self, "num_workers", allow_zero=True)
-        if self.threads is not None:
-            _positive(self, "threads")
+        _positive(self, "num_workers", zero=True)
+        _positive(self, "threads")
 
 
 @dataclass
@@ -77,7 +74,7 @@ class ResumeFields:
 
     def check(self) -> None:
         super().check()
-        _positive(self, "checkpoint_every", allow_zero=True)
+        _positive(self, "checkpoint_every", zero=True)
         if self.stop_after is not None and self.stop_after < 1:
             raise ConfigError(f"stop_after={self.stop_after} must be >= 1 (or unset)")
         if self.resume and self.overwrite:
@@ -104,8 +101,8 @@ class GroupsConfig:
 
 @dataclass(frozen=True)
 class AugmentSettings:
-    """Stage 2's on-device augmentation (SPEC 1.5), the ``augment`` section; :class:`progeo.train.augment.
-    AugmentConfig` adds the output size and the mean/std."""
+    """Stage 2's on-device augmentation (SPEC 1.5), the ``augment`` section; the
+    :class:`~progeo.train.augment.AugmentConfig` of a run adds the output size and the mean/std."""
 
     brightness: float = _opt(0.7, "colour jitter: brightness factor drawn in [1 - b, 1 + b]", paper=True)
     contrast: float = _opt(0.7, "colour jitter: contrast factor drawn in [1 - c, 1 + c]", paper=True)
@@ -116,8 +113,7 @@ class AugmentSettings:
                                                        "as a fraction of the image", paper=True)
 
     def __post_init__(self) -> None:
-        for name in ("brightness", "contrast", "saturation"):
-            _positive(self, name, allow_zero=True)
+        _positive(self, "brightness", "contrast", "saturation", zero=True)
         if not 0 <= self.hue <= 0.5:
             raise ConfigError(f"hue={self.hue} must lie in [0, 0.5] (torchvision's ColorJitter range)")
         lo, hi = self.crop_scale
@@ -142,13 +138,12 @@ class EvalSettings:
             raise ConfigError(f"recall_values={self.recall_values} must be positive integers, e.g. 1 5 10 20")
 
 
-def eval_config(cfg, device, positive_dist: float | None = None):
+def eval_config(cfg, device, **changes):
     """The :class:`~progeo.eval.evaluate.EvalConfig` of run ``cfg``'s ``eval`` section on ``device``."""
     from progeo.eval.evaluate import EvalConfig
 
-    settings = dataclasses.asdict(cfg.eval) | ({} if positive_dist is None else {"positive_dist": positive_dist})
-    return EvalConfig(**settings, num_workers=cfg.num_workers, device=str(device), amp=cfg.amp,
-                      progress=cfg.progress)
+    return EvalConfig(**dataclasses.asdict(cfg.eval) | dict(num_workers=cfg.num_workers, device=str(device),
+                                                            amp=cfg.amp, progress=cfg.progress, **changes))
 
 
 @dataclass
@@ -159,7 +154,7 @@ class PretrainConfig(ResumeFields, RunConfig):
                           "required")
     backbone: str = _opt("tiny-rn", "open_clip architecture trained from random initialisation (tiny-rn, tiny-vit, "
                                     "...)")
-    out_dir: str = "runs/pretrain"
+    out_dir: str = _opt("runs/pretrain", _OUT_DIR)
     image_size: int = _opt(64, "side of the square training images, in pixels")
     epochs: int = _opt(4, "passes over the captioned training images")
     batch_size: int = _opt(128, "image-caption pairs per step; the contrastive loss contrasts each image with "
@@ -178,11 +173,8 @@ class PretrainConfig(ResumeFields, RunConfig):
 
     def check(self) -> None:
         super().check()
-        for name in ("image_size", "epochs", "batch_size", "eval_batch_size"):
-            _positive(self, name)
-        _positive(self, "lr")
-        _positive(self, "weight_decay", allow_zero=True)
-        _positive(self, "warmup_steps", allow_zero=True)
+        _positive(self, "image_size", "epochs", "batch_size", "eval_batch_size", "lr")
+        _positive(self, "weight_decay", "warmup_steps", zero=True)
         if not 0 < self.init_temperature < 1:
             raise ConfigError(f"init_temperature={self.init_temperature} must lie in (0, 1), e.g. 0.07")
         if self.batch_size < 2:
@@ -208,8 +200,8 @@ class Stage1Config(ModelFields, ResumeFields, RunConfig):
     """ProGEO stage 1: learn one prompt learner per group on cached, frozen image features."""
 
     train_set: str = _opt("", "training folder of @-named images (CosPlace layout); required")
-    out_dir: str = "runs/stage1"
-    groups: GroupsConfig = _section(GroupsConfig)
+    out_dir: str = _opt("runs/stage1", _OUT_DIR)
+    groups: GroupsConfig = dataclasses.field(default_factory=GroupsConfig)
     groups_cache_dir: str | None = _opt(None, "folder where the partition of the train set is cached "
                                               "(none: $PROGEO_CACHE_DIR or ~/.cache/progeo)")
     # The authors' README runs stage 1 with 1 group, but stage 2 trains 8 and needs prompts for every
@@ -236,13 +228,8 @@ class Stage1Config(ModelFields, ResumeFields, RunConfig):
 
     def check(self) -> None:
         super().check()
-        for name in ("groups_num", "epochs", "batch_size", "feature_batch_size"):
-            _positive(self, name)
-        _positive(self, "lr")
-        _positive(self, "temperature")
-        _positive(self, "weight_decay", allow_zero=True)
-        if self.image_size is not None:
-            _positive(self, "image_size")
+        _positive(self, "groups_num", "epochs", "batch_size", "feature_batch_size", "lr", "temperature", "image_size")
+        _positive(self, "weight_decay", zero=True)
         if self.lr_schedule not in ("per_group", "global"):
             raise ConfigError(f"lr_schedule={self.lr_schedule!r} is not a stage-1 schedule; choose per_group (a "
                               "cosine per group over its own epochs, as the authors) or global (one over all epochs)")
@@ -261,12 +248,12 @@ class Stage2Config(ModelFields, ResumeFields, RunConfig):
     test_queries: tuple[str, ...] = _opt(("queries",), "query folders of test_set to report")
     prompts: str | None = _opt(None, "prompts file of stage 1 (RUN/prompts.safetensors); required unless "
                                      "--no-text-loss")
-    out_dir: str = "runs/stage2"
-    groups: GroupsConfig = _section(GroupsConfig)
+    out_dir: str = _opt("runs/stage2", _OUT_DIR)
+    groups: GroupsConfig = dataclasses.field(default_factory=GroupsConfig)
     groups_cache_dir: str | None = _opt(None, "folder where the partition of the train set is cached "
                                               "(none: $PROGEO_CACHE_DIR or ~/.cache/progeo)")
-    augment: AugmentSettings = _section(AugmentSettings)
-    eval: EvalSettings = _section(EvalSettings)
+    augment: AugmentSettings = dataclasses.field(default_factory=AugmentSettings)
+    eval: EvalSettings = dataclasses.field(default_factory=EvalSettings)
     # model
     fc_output_dim: int | None = _opt(None, "descriptor size (none: CLIP's embedding size, RN50 1024, ViT-B 512; "
                                            "another size only for ResNets)")
@@ -301,12 +288,9 @@ class Stage2Config(ModelFields, ResumeFields, RunConfig):
                                              "and negative per anchor) or all")
     def check(self) -> None:
         super().check()
-        for name in ("groups_num", "epochs", "iterations_per_epoch", "batch_size", "image_size"):
-            _positive(self, name)
-        for name in ("lr", "classifiers_lr", "cosface_s"):
-            _positive(self, name)
-        for name in ("text_loss_weight", "triplet_weight", "cosface_m"):
-            _positive(self, name, allow_zero=True)
+        _positive(self, "groups_num", "epochs", "iterations_per_epoch", "batch_size", "image_size", "lr",
+                  "classifiers_lr", "cosface_s")
+        _positive(self, "text_loss_weight", "triplet_weight", "cosface_m", zero=True)
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing={self.label_smoothing} must lie in [0, 1)")
         if self.normalization not in ("imagenet", "clip"):
@@ -322,15 +306,12 @@ class Stage2Config(ModelFields, ResumeFields, RunConfig):
 # -- reading, merging, writing ---------------------------------------------------------------
 
 
-def _positive(cfg, name: str, allow_zero: bool = False) -> None:
-    value = getattr(cfg, name)
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{name}={value} must be {bound}")
-
-
-def _is_section(tp: Any) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+def _positive(cfg, *names: str, zero: bool = False) -> None:
+    """ConfigError unless each field ``names`` of ``cfg`` is > 0 (>= 0 with ``zero``) or unset (None)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and (value < 0 or (value == 0 and not zero)):
+            raise ConfigError(f"{name}={value} must be {'>= 0' if zero else '> 0'}")
 
 
 @functools.cache
@@ -341,7 +322,7 @@ def flat_fields(cls) -> dict[str, tuple[str | None, dataclasses.Field, Any]]:
     out = {}
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if not _is_section(hints[f.name]):
+        if not dataclasses.is_dataclass(hints[f.name]):
             out[f.name] = (None, f, hints[f.name])
             continue
         sub = typing.get_type_hints(hints[f.name])
@@ -356,17 +337,9 @@ def config_fields(cls) -> dict[str, Any]:
 
 
 def field_help(cls, name: str) -> str:
-    """Help text of the setting with flat name ``name`` of the config class ``cls``, ending with its default.
-
-    A subclass that only changes a field's default (``out_dir``) keeps its base class's text.
-    """
-    section, f, _ = flat_fields(cls)[name]
-    owner = typing.get_type_hints(cls)[section] if section else cls
-    text = next((k.__dataclass_fields__[f.name].metadata.get("help") for k in owner.__mro__
-                 if f.name in getattr(k, "__dataclass_fields__", {})
-                 and k.__dataclass_fields__[f.name].metadata.get("help")), None)
-    if text is None:
-        raise KeyError(f"{cls.__name__}.{name} has no help text; give it one with _opt(default, help)")
+    """Help text of the setting with flat name ``name`` of the config class ``cls``, ending with its default."""
+    f = flat_fields(cls)[name][1]
+    text = f.metadata["help"]  # every field is made with _opt(default, help)
     paper = ", the paper's value" if f.metadata.get("paper") else ""
     return f"{text} (default: {show_value(f.default)}{paper})"
 
@@ -408,13 +381,13 @@ def coerce_value(value: Any, tp: Any, name: str, where: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
+        error = None
         for arg in (a for a in args if a is not type(None)):
             try:
                 return coerce_value(value, arg, name, where)
             except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{name} in {where}: invalid value {value!r}")
+                error = error or exc
+        raise error
     if origin in (tuple, list):
         args = typing.get_args(tp)
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -453,17 +426,6 @@ def coerce_value(value: Any, tp: Any, name: str, where: str) -> Any:
     return value
 
 
-def _unknown(key: str, where: str, known: list[str], placed: dict[str, str]) -> ConfigError:
-    import difflib
-
-    name = key.rsplit(".", 1)[-1]
-    if name in placed:
-        return ConfigError(f"option {key!r} in {where} is misplaced; write it as {placed[name]}")
-    close = difflib.get_close_matches(key, known, n=3)
-    hint = f"did you mean {', '.join(close)}?" if close else f"known keys: {', '.join(sorted(known))}"
-    return ConfigError(f"unknown option {key!r} in {where}; {hint}")
-
-
 def flatten_config(cls, data: Mapping[str, Any], where: str = "the configuration") -> dict[str, Any]:
     """``flat name -> value`` of ``data``, which holds flat keys (``lr``, ``M``, ``eval_batch_size``),
     sections (``groups: {M: 20}``), or both; an unknown or misplaced key is an error naming it."""
@@ -479,24 +441,28 @@ def flatten_config(cls, data: Mapping[str, Any], where: str = "the configuration
             items = [(key, value)]
         for sub, v in items:
             name = dotted.get(sub, sub if "." not in sub else None)
-            if name not in fields:
-                placed = {d.rsplit(".", 1)[1]: f"{d} (or {n})" for d, n in dotted.items()} | {n: n for n in fields}
-                raise _unknown(sub, where, list(fields) + list(dotted), placed)
-            out[name] = v
+            if name in fields:
+                out[name] = v
+                continue
+            import difflib
+
+            placed = {d.rsplit(".", 1)[1]: f"{d} (or {n})" for d, n in dotted.items()} | {n: n for n in fields}
+            if sub.rsplit(".", 1)[-1] in placed:
+                raise ConfigError(f"option {sub!r} in {where} is misplaced; write it as {placed[sub.rsplit('.')[-1]]}")
+            close = difflib.get_close_matches(sub, [*fields, *dotted], n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else f"known keys: {', '.join(sorted(fields))}"
+            raise ConfigError(f"unknown option {sub!r} in {where}; {hint}")
     return out
 
 
 def config_from_dict(cls: type[C], data: Mapping[str, Any], where: str = "the configuration",
                      base: C | None = None) -> C:
     """A ``cls`` with the values of ``data`` (see :func:`flatten_config`) over ``base`` (or the defaults)."""
-    fields = flat_fields(cls)
-    values = flat_config(base if base is not None else cls())
-    values |= {name: coerce_value(v, fields[name][2], name, where) for name, v in flatten_config(cls, data, where).items()}
-    sections: dict[str | None, dict] = {}
-    for name, (sec, f, _) in fields.items():
-        sections.setdefault(sec, {})[f.name] = values[name]
-    hints = typing.get_type_hints(cls)
-    cfg = cls(**sections.pop(None), **{sec: hints[sec](**kw) for sec, kw in sections.items()})
+    base, top, sections = base if base is not None else cls(), {}, {}
+    for name, value in flatten_config(cls, data, where).items():
+        sec, f, tp = flat_fields(cls)[name]
+        (sections.setdefault(sec, {}) if sec else top)[f.name] = coerce_value(value, tp, name, where)
+    cfg = dataclasses.replace(base, **top, **{s: dataclasses.replace(getattr(base, s), **kw) for s, kw in sections.items()})
     cfg.check()
     return cfg
 

@@ -139,5 +139,5 @@ def evaluate_model(model, test_set, cfg: Stage2Config, device: torch.device, ima
     """Recall@N of ``model`` on ``test_set`` as a JSON-ready dict (``{"R@1": ..., ...}``)."""
     from progeo.eval.evaluate import evaluate
 
-    eval_cfg = dataclasses.replace(eval_config(cfg, device, test_set.positive_dist_threshold), channels_last=False)
+    eval_cfg = eval_config(cfg, device, positive_dist=test_set.positive_dist_threshold, channels_last=False)
     return evaluate(model, test_set, cfg=eval_cfg, images=images)[0].recall.as_dict()
