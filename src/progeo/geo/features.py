@@ -164,6 +164,23 @@ def image_features(
 # -- remembered bad images -----------------------------------------------------------------------
 
 
+@dataclass
+class FeatureOptions:
+    """How image features are computed (shared by fitting and evaluation)."""
+
+    device: str = "cpu"
+    batch_size: int = 128
+    num_workers: int = 0
+    on_bad_image: str = "fail"
+    cache_dir: str | None = None
+    progress: bool = True
+
+    def features(self, gem: GemModel, paths: Sequence):
+        return image_features(gem.clip, paths, on_bad_image=self.on_bad_image, cache_dir=self.cache_dir,
+                              batch_size=self.batch_size, device=self.device, num_workers=self.num_workers,
+                              progress=self.progress)
+
+
 def _bad_file(paths: list[str], folder: Path) -> Path:
     from progeo.cache import paths_fingerprint
 

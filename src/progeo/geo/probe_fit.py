@@ -7,6 +7,7 @@ are what ``progeo probe fit`` / ``progeo probe eval`` call with their config dat
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Sequence
@@ -14,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from progeo.errors import ConfigError, DatasetError
-from progeo.geo.features import GemModel, image_features
+from progeo.geo.features import FeatureOptions, GemModel
 from progeo.geo.labelled_images import LabelledImages, read_labelled_images
 from progeo.geo.places import PlaceList, load_candidate_places
 from progeo.geo.probe import REG_GRID, WIDEN_STEPS, LinearProbe, load_probe, probe_classes, select_l2, stratified_split, \
@@ -22,23 +23,6 @@ from progeo.geo.probe import REG_GRID, WIDEN_STEPS, LinearProbe, load_probe, pro
 from progeo.geo.report import GemRun, evaluate_labelled, true_classes
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FeatureOptions:
-    """How image features are computed (shared by fitting and evaluation)."""
-
-    device: str = "cpu"
-    batch_size: int = 128
-    num_workers: int = 0
-    on_bad_image: str = "fail"
-    cache_dir: str | None = None
-    progress: bool = True
-
-    def features(self, gem: GemModel, paths: Sequence):
-        return image_features(gem.clip, paths, on_bad_image=self.on_bad_image, cache_dir=self.cache_dir,
-                              batch_size=self.batch_size, device=self.device, num_workers=self.num_workers,
-                              progress=self.progress)
 
 
 def _standardizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -100,16 +84,11 @@ def evaluate_probe(probe: LinearProbe, gem: GemModel, paths: Sequence[str], labe
 
 
 @dataclass
-class _FeatureFields:
+class _FeatureFields(FeatureOptions):
     """How the frozen image features of a probe command are computed (shared by fit and eval)."""
 
     flavour: str | None = None
     device: str = "auto"
-    batch_size: int = 128
-    num_workers: int = 0
-    on_bad_image: str = "fail"
-    cache_dir: str | None = None
-    progress: bool = True
 
 
 @dataclass
@@ -150,8 +129,7 @@ class ProbeEvalConfig(_FeatureFields):
 def _options(cfg) -> FeatureOptions:
     from progeo.device import resolve_device
 
-    return FeatureOptions(str(resolve_device(cfg.device)), cfg.batch_size, cfg.num_workers, cfg.on_bad_image,
-                          cfg.cache_dir, cfg.progress)
+    return dataclasses.replace(cfg, device=str(resolve_device(cfg.device)))
 
 
 def _places(spec: str | None) -> PlaceList | None:

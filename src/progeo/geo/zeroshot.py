@@ -25,6 +25,7 @@ Country level, two modes (``country_mode``):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from progeo.errors import ConfigError
+from progeo.geo.features import FeatureOptions
 from progeo.geo.places import PlaceList, load_candidate_places
 from progeo.geo.report import ClassTable, GemRun, Predictions, evaluate_labelled, rank_top_k, true_classes
 from progeo.geo.templates import default_templates, load_templates, render_texts
@@ -149,7 +151,7 @@ def build_zeroshot_classifier(clip, places: PlaceList, level: str = "city", temp
 
 
 @dataclass
-class ZeroShotConfig:
+class ZeroShotConfig(FeatureOptions):
     """``progeo zeroshot``: GEM zero-shot classification of a folder or a labelled CSV of images."""
 
     model: str = ""  # open_clip ARCH[:TAG], e.g. ViT-B-32:openai, or tiny-vit with --weights
@@ -166,13 +168,8 @@ class ZeroShotConfig:
     top_k: int = 5
     out_dir: str | None = None
     predictions_format: str = "csv"
-    device: str = "auto"
-    batch_size: int = 128
-    num_workers: int = 0
-    on_bad_image: str = "fail"
-    cache_dir: str | None = None  # image and text feature cache (default: ~/.cache/progeo/features)
+    device: str = "auto"  # cache_dir: image and text feature cache (default: ~/.cache/progeo/features)
     text_cache: bool = True  # False: encode the places' texts every run (neither read nor write the cache)
-    progress: bool = True
 
 
 def zeroshot_run(gem, classifier: ZeroShotClassifier, paths: Sequence[str], features, labels=None, name: str = "zero-shot",
@@ -193,7 +190,7 @@ def zeroshot_run(gem, classifier: ZeroShotClassifier, paths: Sequence[str], feat
 def run_zeroshot(cfg: ZeroShotConfig) -> GemRun:
     """Load the model and candidates, classify the images, evaluate against labels, write ``out_dir``."""
     from progeo.device import resolve_device
-    from progeo.geo.features import image_features, load_gem_model
+    from progeo.geo.features import load_gem_model
     from progeo.geo.report import read_images_input
 
     if cfg.level not in ("city", "country"):
@@ -210,8 +207,7 @@ def run_zeroshot(cfg: ZeroShotConfig) -> GemRun:
     gem = load_gem_model(cfg.model, cfg.weights, device)
     classifier = build_zeroshot_classifier(gem.clip, places, cfg.level, templates, cfg.country_mode, cfg.country_reduce,
                                            device, cfg.batch_size, cache_dir=cfg.cache_dir, cache=cfg.text_cache)
-    feats = image_features(gem.clip, paths, on_bad_image=cfg.on_bad_image, cache_dir=cfg.cache_dir,
-                           batch_size=cfg.batch_size, device=device, num_workers=cfg.num_workers, progress=cfg.progress)
+    feats = dataclasses.replace(cfg, device=device).features(gem, paths)
     run = zeroshot_run(gem, classifier, paths, feats, labels, f"zero-shot {cfg.level}", cfg.top_k)
     if cfg.out_dir:
         run.write(cfg.out_dir, cfg.predictions_format)
