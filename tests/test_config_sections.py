@@ -148,3 +148,12 @@ def test_config_to_dict_is_nested_and_field_help_reaches_into_sections():
     assert d["eval"] == {"batch_size": 64, "recall_values": [1, 5, 10, 20], "positive_dist": 25.0}
     assert field_help(Stage2Config, "eval_batch_size").endswith("(default: 64)")
     assert field_help(Stage2Config, "M").endswith("(default: 10, the paper's value)")
+
+
+@pytest.mark.parametrize("command", [["check-dataset", "DATA"], ["import-prompts", "SRC", "--out", "OUT"]])
+def test_commands_outside_training_take_the_partition_flags_of_the_groups_section(command):
+    from progeo.cli.train import groups_from_args
+
+    assert groups_from_args(build_parser().parse_args(command)) == GroupsConfig()
+    args = build_parser().parse_args(command + ["--M", "20", "--min-images-per-class", "3"])
+    assert groups_from_args(args) == GroupsConfig(M=20, min_images_per_class=3)

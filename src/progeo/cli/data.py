@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from progeo.cli.train import add_groups_flags, groups_from_args
+
 DESCRIPTION = """Validate a visual geo-localization dataset folder and print its counts (images,
 classes, groups, images per class, database and query sizes, queries without positives) and
 every problem found (malformed names, missing paths, stale or unreadable paths files, empty
@@ -22,11 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="query folder to check (default: every queries*/ folder)")
     p.add_argument("--positive-dist", type=float, default=25.0, metavar="METRES",
                    help="a database image within this distance of a query is a positive (default: %(default)s)")
-    p.add_argument("--M", type=int, default=10, help="class cell size in metres (default: %(default)s)")
-    p.add_argument("--alpha", type=int, default=30, help="class heading bin in degrees (default: %(default)s)")
-    p.add_argument("--N", type=int, default=5, help="cells between classes of a group (default: %(default)s)")
-    p.add_argument("--L", type=int, default=2, help="heading bins between classes of a group (default: %(default)s)")
-    p.add_argument("--min-images-per-class", type=int, default=10, help="smaller classes are dropped (default: %(default)s)")
+    add_groups_flags(p)
     p.add_argument("--max-listed", type=int, default=20, help="malformed names listed per folder (default: %(default)s)")
     p.add_argument("--all-paths", action="store_true",
                    help="check that every entry of a paths file exists (default: a sample of 1000)")
@@ -51,15 +49,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _check_dataset(args: argparse.Namespace) -> int:
     from progeo.data.checks import check_dataset
-    from progeo.data.groups import GroupsConfig
 
     from progeo.data.checks import ImageChecks
     from progeo.errors import ConfigError
 
     if args.full and not args.verify_images:
         raise ConfigError("--full goes with --verify-images (it decodes every image fully)")
-    config = GroupsConfig(M=args.M, alpha=args.alpha, N=args.N, L=args.L,
-                          min_images_per_class=args.min_images_per_class)
+    config = groups_from_args(args)
     checks = ImageChecks(None if args.all_paths else 1000,
                          ("full" if args.full else "headers") if args.verify_images else None,
                          args.workers, args.progress)

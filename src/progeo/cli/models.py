@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from progeo.cli.train import add_groups_flags, groups_from_args
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -39,11 +41,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output prompts file (.safetensors)")
     p.add_argument("--train-set", metavar="FOLDER", default=None,
                    help="the train folder the prompts were learned on (needed to remap the classes)")
-    p.add_argument("--M", type=int, default=10, help="class cell size in metres of stage 1 (default: %(default)s)")
-    p.add_argument("--alpha", type=int, default=30, help="class heading bin in degrees (default: %(default)s)")
-    p.add_argument("--N", type=int, default=5, help="cells between classes of a group (default: %(default)s)")
-    p.add_argument("--L", type=int, default=2, help="heading bins between classes of a group (default: %(default)s)")
-    p.add_argument("--min-images-per-class", type=int, default=10, help="smaller classes are dropped (default: %(default)s)")
+    add_groups_flags(p)  # the partition of stage 1
     p.add_argument("--authors-python", choices=("3.8", "3.7"), default="3.8",
                    help="Python the prompts were learned under: 3.8 (3.8 or later, default) or 3.7; "
                         "the authors' class order depends on its tuple hash")
@@ -85,11 +83,9 @@ def _import_prompts(args: argparse.Namespace) -> int:
 
     train_set = None
     if args.train_set and not args.keep_order:
-        from progeo.data.groups import GroupsConfig
         from progeo.data.train_sets import TrainSet
 
-        train_set = TrainSet.open(args.train_set, GroupsConfig(M=args.M, alpha=args.alpha, N=args.N, L=args.L,
-                                                               min_images_per_class=args.min_images_per_class))
+        train_set = TrainSet.open(args.train_set, groups_from_args(args))
     info = import_prompts(args.src, args.out, train_set=train_set, keep_order=args.keep_order,
                           authors_python=args.authors_python,
                           trust_pickle=args.trust_pickle, architecture=args.backbone,
