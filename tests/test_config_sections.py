@@ -157,3 +157,10 @@ def test_commands_outside_training_take_the_partition_flags_of_the_groups_sectio
     assert groups_from_args(build_parser().parse_args(command)) == GroupsConfig()
     args = build_parser().parse_args(command + ["--M", "20", "--min-images-per-class", "3"])
     assert groups_from_args(args) == GroupsConfig(M=20, min_images_per_class=3)
+
+
+def test_a_bad_value_in_a_section_is_named_by_its_flag():
+    with pytest.raises(ConfigError, match=r"eval_batch_size=0 must be > 0"):
+        load_config(Stage2Config, overrides={"eval_batch_size": 0})
+    with pytest.raises(ConfigError, match=r"hue=0\.9 must lie in \[0, 0\.5\]"):
+        load_config(Stage2Config, overrides={"augment": {"hue": 0.9}})

@@ -133,7 +133,8 @@ class EvalSettings:
                                       "query", paper=True)
 
     def __post_init__(self) -> None:
-        _positive(self, "batch_size")
+        if self.batch_size < 1:
+            raise ConfigError(f"eval_batch_size={self.batch_size} must be > 0")
         if not self.recall_values or min(self.recall_values) < 1:
             raise ConfigError(f"recall_values={self.recall_values} must be positive integers, e.g. 1 5 10 20")
 
