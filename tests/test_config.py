@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from progeo.config import (PretrainConfig, Stage1Config, Stage2Config, config_to_dict, load_config, save_config)
+from progeo.config import (ModelConfig, PretrainConfig, Stage1Config, Stage2Config, config_to_dict, load_config, save_config)
 from progeo.errors import ConfigError
 
 
@@ -37,7 +37,7 @@ def test_yaml_file_then_flags_override(tmp_path):
 
 
 def test_json_file_round_trip(tmp_path):
-    cfg = Stage1Config(train_set="/data/train", backbone="tiny-vit", epochs=7, image_size=None)
+    cfg = Stage1Config(train_set="/data/train", model=ModelConfig("tiny-vit"), epochs=7, image_size=None)
     path = save_config(cfg, tmp_path / "config.json")
     assert json.loads(path.read_text())["epochs"] == 7
     assert load_config(Stage1Config, path) == cfg

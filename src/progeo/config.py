@@ -1,6 +1,6 @@
 """Configuration of the training stages: dataclasses whose defaults are the paper's values.
 
-Settings are grouped in sections (``groups``: :class:`GroupsConfig`, ``augment``, ``eval``) that the
+Settings are grouped in sections (``model``, ``groups``: :class:`GroupsConfig`, ``augment``, ``eval``) that the
 stages use whole. Every setting is a command-line flag (``--flat-name``) and a key of a YAML/JSON
 config file (``--config FILE``), flat (``M``, ``eval_batch_size``) or inside its section (``groups:
 {M: 20}``); :func:`flat_fields` is the one mapping of flat names onto fields. Flags override the
@@ -184,9 +184,9 @@ class PretrainConfig(ResumeFields, RunConfig):
             raise ConfigError(f"zeroshot_template {self.zeroshot_template!r} needs a {{city}} placeholder")
 
 
-@dataclass
-class ModelFields:
-    """The CLIP backbone a stage starts from."""
+@dataclass(frozen=True)
+class ModelConfig:
+    """The CLIP backbone a stage starts from, the ``model`` section of stage 1 and stage 2."""
 
     backbone: str = _opt("RN50:openai", "CLIP to start from, ARCH[:TAG]: RN50:openai, ViT-B/16:openai, or tiny-vit "
                                         "/ tiny-rn with --weights", paper=True)
@@ -197,11 +197,12 @@ class ModelFields:
 
 
 @dataclass
-class Stage1Config(ModelFields, ResumeFields, RunConfig):
+class Stage1Config(ResumeFields, RunConfig):
     """ProGEO stage 1: learn one prompt learner per group on cached, frozen image features."""
 
     train_set: str = _opt("", "training folder of @-named images (CosPlace layout); required")
     out_dir: str = _opt("runs/stage1", _OUT_DIR)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     groups: GroupsConfig = dataclasses.field(default_factory=GroupsConfig)
     groups_cache_dir: str | None = _opt(None, "folder where the partition of the train set is cached "
                                               "(none: $PROGEO_CACHE_DIR or ~/.cache/progeo)")
@@ -237,7 +238,7 @@ class Stage1Config(ModelFields, ResumeFields, RunConfig):
 
 
 @dataclass
-class Stage2Config(ModelFields, ResumeFields, RunConfig):
+class Stage2Config(ResumeFields, RunConfig):
     """ProGEO stage 2: train the image encoder with CosFace + the prompts' text features."""
 
     train_set: str = _opt("", "training folder of @-named images (CosPlace layout); required")
@@ -250,6 +251,7 @@ class Stage2Config(ModelFields, ResumeFields, RunConfig):
     prompts: str | None = _opt(None, "prompts file of stage 1 (RUN/prompts.safetensors); required unless "
                                      "--no-text-loss")
     out_dir: str = _opt("runs/stage2", _OUT_DIR)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     groups: GroupsConfig = dataclasses.field(default_factory=GroupsConfig)
     groups_cache_dir: str | None = _opt(None, "folder where the partition of the train set is cached "
                                               "(none: $PROGEO_CACHE_DIR or ~/.cache/progeo)")
@@ -499,7 +501,7 @@ def save_config(cfg, path: str | Path) -> Path:
     return Path(path)
 
 
-__all__ = ["RunConfig", "ResumeFields", "PretrainConfig", "Stage1Config", "Stage2Config", "GroupsConfig",
+__all__ = ["RunConfig", "ResumeFields", "PretrainConfig", "Stage1Config", "Stage2Config", "ModelConfig", "GroupsConfig",
            "AugmentSettings", "EvalSettings", "eval_config", "load_config", "config_from_dict", "flat_fields",
            "flat_config", "read_config_file", "save_config", "config_to_dict", "config_fields", "coerce_value",
            "field_help"]

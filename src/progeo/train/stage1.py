@@ -51,10 +51,10 @@ class Stage1Result:
 
 
 def load_frozen_clip(cfg, device: torch.device):
-    """The CLIP model of ``cfg.backbone``/``cfg.weights``, frozen and in eval mode."""
+    """The CLIP model of ``cfg.model``, frozen and in eval mode."""
     from progeo.models.backbones import load_clip
 
-    clip = load_clip(cfg.backbone, weights=cfg.weights, quick_gelu=cfg.quick_gelu, device=device)
+    clip = load_clip(cfg.model.backbone, weights=cfg.model.weights, quick_gelu=cfg.model.quick_gelu, device=device)
     clip.model.requires_grad_(False)
     clip.model.eval()
     return clip
@@ -181,7 +181,7 @@ class Stage1(TrainingStage):
             return Stage1Result(None, run.path, losses, self.cache_file, self.hit, classes,
                                 time.perf_counter() - self.ctx.started, stopped=True)
         prompts_path = run.path / PROMPTS_NAME
-        extra = {"backbone": cfg.backbone, "weights": cfg.weights,
+        extra = {"backbone": cfg.model.backbone, "weights": cfg.model.weights,
                  "image_weights_sha1": weights_fingerprint(self.clip.visual),
                  "train_set": str(Path(cfg.train_set).resolve()), "groups": dataclasses.asdict(cfg.groups),
                  "epochs": cfg.epochs, "final_loss": losses[-1]}

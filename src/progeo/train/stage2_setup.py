@@ -50,7 +50,7 @@ def build_parts(cfg: Stage2Config, device: torch.device, info) -> Stage2Parts:
         for queries in cfg.test_queries:  # fail now, not after hours of training
             TestSet(cfg.test_set, queries, cfg.eval.positive_dist)
 
-    clip = load_clip(cfg.backbone, weights=cfg.weights, quick_gelu=cfg.quick_gelu)
+    clip = load_clip(cfg.model.backbone, weights=cfg.model.weights, quick_gelu=cfg.model.quick_gelu)
     text_features = _text_features(cfg, clip, groups, device) if cfg.text_loss else []
     model = GeoLocalizer.from_clip(clip, fc_output_dim=cfg.fc_output_dim, image_size=cfg.image_size,
                                    provenance={"train_set": str(cfg.train_set), "text_loss": cfg.text_loss})
