@@ -14,7 +14,7 @@ import yaml
 
 from progeo.cli import build_parser
 from progeo.cli.train import config_from_args, run_config
-from progeo.config import (AugmentSettings, EvalSettings, GroupsConfig, PretrainConfig, Stage1Config, Stage2Config,
+from progeo.config import (AugmentSettings, EvalSettings, GroupsConfig, ModelConfig, PretrainConfig, Stage1Config, Stage2Config,
                            config_fields, config_to_dict, flat_config, load_config, save_config)
 from progeo.errors import CheckpointError, ConfigError
 from progeo.train.engine import run_training
@@ -86,14 +86,14 @@ def test_every_old_flag_and_flat_key_sets_the_same_setting(cls, tmp_path):
 
 def test_flat_keys_land_in_their_sections_and_sections_are_accepted(tmp_path):
     flat = tmp_path / "flat.yaml"
-    flat.write_text("M: 20\nmin_images_per_class: 3\nhue: 0.1\ncrop_scale: [0.3, 0.9]\neval_batch_size: 16\n"
+    flat.write_text("backbone: tiny-vit\nM: 20\nmin_images_per_class: 3\nhue: 0.1\ncrop_scale: [0.3, 0.9]\neval_batch_size: 16\n"
                     "recall_values: [1, 2]\npositive_dist: 10\nlr: 2.0e-5\n")
     nested = tmp_path / "nested.yaml"
-    nested.write_text("groups: {M: 20, min_images_per_class: 3}\naugment: {hue: 0.1, crop-scale: [0.3, 0.9]}\n"
+    nested.write_text("model: {backbone: tiny-vit}\ngroups: {M: 20, min_images_per_class: 3}\naugment: {hue: 0.1, crop-scale: [0.3, 0.9]}\n"
                       "eval: {batch_size: 16, recall_values: [1, 2], positive_dist: 10}\nlr: 2.0e-5\n")
     cfg = load_config(Stage2Config, flat)
     assert cfg == load_config(Stage2Config, nested)
-    assert cfg.groups == GroupsConfig(M=20, min_images_per_class=3)
+    assert cfg.groups == GroupsConfig(M=20, min_images_per_class=3) and cfg.model == ModelConfig("tiny-vit")
     assert cfg.augment == AugmentSettings(hue=0.1, crop_scale=(0.3, 0.9))
     assert cfg.eval == EvalSettings(batch_size=16, recall_values=(1, 2), positive_dist=10.0)
     # a flag overrides one setting of a section read from a file, the others stay
