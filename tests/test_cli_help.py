@@ -8,14 +8,13 @@ installation without sources.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import inspect
 import re
 
 import pytest
 
 from progeo.cli import build_parser
-from progeo.config import PretrainConfig, Stage1Config, Stage2Config, field_help
+from progeo.config import PretrainConfig, Stage1Config, Stage2Config, config_fields, field_help
 
 STOP = {"a", "an", "the", "of", "in", "on", "to", "for", "and", "or", "is", "by", "with", "its", "it", "this"}
 
@@ -74,10 +73,10 @@ def test_options_with_a_default_show_it():
 def test_config_flags_show_the_fields_default(cls):
     command = {PretrainConfig: "pretrain", Stage1Config: "train stage1", Stage2Config: "train stage2"}[cls]
     parser = dict(_leaves(build_parser()))[command]
-    for f in dataclasses.fields(cls):
-        action = parser._option_string_actions["--" + f.name.replace("_", "-")]
-        assert _help(parser, action) == field_help(cls, f.name)
-        assert "(default: " in field_help(cls, f.name)
+    for name in config_fields(cls):  # a section's fields too, under their flat name (--M, --eval-batch-size)
+        action = parser._option_string_actions["--" + name.replace("_", "-")]
+        assert _help(parser, action) == field_help(cls, name)
+        assert "(default: " in field_help(cls, name)
 
 
 def test_field_help_names_the_paper_value_and_survives_a_subclass_default():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from progeo.config import (PretrainConfig, Stage1Config, Stage2Config, config_to_dict, load_config, save_config)
+from progeo.config import (ModelConfig, PretrainConfig, Stage1Config, Stage2Config, config_to_dict, load_config, save_config)
 from progeo.errors import ConfigError
 
 
@@ -19,8 +19,10 @@ def test_paper_defaults():
     assert (s2.lr, s2.classifiers_lr, s2.batch_size, s2.epochs, s2.iterations_per_epoch) == (1e-5, 0.01, 32, 64, 10_000)
     assert (s2.cosface_s, s2.cosface_m, s2.label_smoothing, s2.groups_num, s2.image_size) == (30.0, 0.4, 0.1, 8, 512)
     assert (s2.freeze_cnn, s2.freeze_trans, s2.train_all_layers) == (2, 6, False)
-    assert (s2.brightness, s2.contrast, s2.saturation, s2.hue, s2.crop_scale) == (0.7, 0.7, 0.7, 0.5, (0.5, 1.0))
-    assert (s2.M, s2.alpha, s2.N, s2.L, s2.min_images_per_class) == (10, 30, 5, 2, 10)
+    a, g = s2.augment, s2.groups
+    assert (a.brightness, a.contrast, a.saturation, a.hue, a.crop_scale) == (0.7, 0.7, 0.7, 0.5, (0.5, 1.0))
+    assert (g.M, g.alpha, g.N, g.L, g.min_images_per_class) == (10, 30, 5, 2, 10)
+    assert (s2.eval.batch_size, s2.eval.recall_values, s2.eval.positive_dist) == (64, (1, 5, 10, 20), 25.0)
 
 
 def test_yaml_file_then_flags_override(tmp_path):
@@ -28,18 +30,18 @@ def test_yaml_file_then_flags_override(tmp_path):
     path.write_text("epochs: 3\niterations_per_epoch: 20\ncrop_scale: [0.3, 0.9]\ntext_loss: false\n"
                     "test_queries: [queries_night, queries_occlusion]\nlr: 2.0e-5\n")
     cfg = load_config(Stage2Config, path)
-    assert (cfg.epochs, cfg.iterations_per_epoch, cfg.crop_scale, cfg.text_loss) == (3, 20, (0.3, 0.9), False)
+    assert (cfg.epochs, cfg.iterations_per_epoch, cfg.augment.crop_scale, cfg.text_loss) == (3, 20, (0.3, 0.9), False)
     assert cfg.test_queries == ("queries_night", "queries_occlusion") and cfg.lr == 2e-5
     cfg = load_config(Stage2Config, path, overrides={"epochs": 5, "batch-size": "16"})
     assert (cfg.epochs, cfg.batch_size, cfg.iterations_per_epoch) == (5, 16, 20)  # file value kept
 
 
 def test_json_file_round_trip(tmp_path):
-    cfg = Stage1Config(train_set="/data/train", backbone="tiny-vit", epochs=7, image_size=None)
+    cfg = Stage1Config(train_set="/data/train", model=ModelConfig("tiny-vit"), epochs=7, image_size=None)
     path = save_config(cfg, tmp_path / "config.json")
     assert json.loads(path.read_text())["epochs"] == 7
     assert load_config(Stage1Config, path) == cfg
-    assert config_to_dict(Stage2Config())["crop_scale"] == [0.5, 1.0]
+    assert config_to_dict(Stage2Config())["augment"]["crop_scale"] == [0.5, 1.0]
 
 
 def test_unknown_key_names_the_key_and_the_file(tmp_path):
@@ -93,7 +95,7 @@ def test_command_line_flags_become_the_config(tmp_path):
                                       "--crop-scale", "0.6", "1.0", "--fc-output-dim", "none", "--test-queries",
                                       "queries", "queries_night"])
     cfg = config_from_args(Stage2Config, args)
-    assert (cfg.epochs, cfg.batch_size, cfg.text_loss, cfg.crop_scale, cfg.fc_output_dim) == (3, 8, False, (0.6, 1.0), None)
+    assert (cfg.epochs, cfg.batch_size, cfg.text_loss, cfg.augment.crop_scale, cfg.fc_output_dim) == (3, 8, False, (0.6, 1.0), None)
     assert cfg.test_queries == ("queries", "queries_night") and cfg.lr == 1e-5  # untouched: the paper's
     args = build_parser().parse_args(["train", "stage1", "--epochs", "5", "--image-size", "64"])
     assert config_from_args(Stage1Config, args).epochs == 5

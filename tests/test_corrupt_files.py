@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 import torch
@@ -28,7 +27,7 @@ def files(tiny_world, tmp_path_factory) -> Path:
     """Valid files of every kind (damaged one at a time by the tests, then restored)."""
     from safetensors.torch import save_file
 
-    from progeo.config import PretrainConfig, Stage2Config, config_to_dict
+    from progeo.config import ModelConfig, PretrainConfig, Stage2Config, config_to_dict
     from progeo.geo import ClassTable
     from progeo.geo.features import ModelSpec
     from progeo.geo.probe import LinearProbe
@@ -48,7 +47,7 @@ def files(tiny_world, tmp_path_factory) -> Path:
     shutil.copy(tiny_world / "labels.csv", root / "labels.csv")
     (root / "templates.txt").write_text("a photo taken in {city}.\n" * 40)
 
-    stage2 = config_to_dict(Stage2Config(train_set=str(tiny_world / "train"), backbone="tiny-vit", epochs=1))
+    stage2 = config_to_dict(Stage2Config(train_set=str(tiny_world / "train"), model=ModelConfig("tiny-vit"), epochs=1))
     (root / "stage2.json").write_text(json.dumps(stage2, indent=1))
     (root / "stage2.yaml").write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in stage2.items()))
     run = root / "run"

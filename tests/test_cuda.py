@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from progeo.config import PretrainConfig, Stage1Config, Stage2Config
+from progeo.config import ModelConfig, PretrainConfig, Stage1Config, Stage2Config
 
 pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"), pytest.mark.slow]
 
@@ -58,7 +58,7 @@ def test_pretrain_stage1_stage2_on_cuda_with_amp(tiny_world, tmp_path):
     pre = run_pretrain(dataclasses.replace(pre_cfg, resume=pre_cfg.out_dir))  # ... and resumed on the GPU
     assert len(pre.epoch_losses) == 3 and pre.epoch_losses[-1] < pre.epoch_losses[0]
     assert pre.zeroshot_accuracy > pre.chance
-    s1_cfg = Stage1Config(train_set=str(tiny_world / "train"), backbone="tiny-rn", weights=str(pre.checkpoint),
+    s1_cfg = Stage1Config(train_set=str(tiny_world / "train"), model=ModelConfig("tiny-rn", str(pre.checkpoint)),
                           out_dir=str(tmp_path / "s1"), epochs=8, groups_num=1, device="cuda", progress=False,
                           tensorboard=False, feature_cache_dir=str(tmp_path / "features"),
                           groups_cache_dir=str(tmp_path / "groups"))
@@ -67,8 +67,8 @@ def test_pretrain_stage1_stage2_on_cuda_with_amp(tiny_world, tmp_path):
     assert len(stage1.epoch_losses) == 8
     losses = stage1.epoch_losses
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
-    cfg = Stage2Config(train_set=str(tiny_world / "train"), val_set=str(tiny_world / "val"), backbone="tiny-rn",
-                       weights=str(pre.checkpoint), prompts=str(stage1.prompts_path), out_dir=str(tmp_path / "s2"),
+    cfg = Stage2Config(train_set=str(tiny_world / "train"), val_set=str(tiny_world / "val"), model=ModelConfig("tiny-rn", str(pre.checkpoint)),
+                       prompts=str(stage1.prompts_path), out_dir=str(tmp_path / "s2"),
                        image_size=64, groups_num=1, epochs=3, iterations_per_epoch=8, batch_size=16, lr=1e-3,
                        device="cuda", progress=False, tensorboard=False, groups_cache_dir=str(tmp_path / "groups"),
                        test_set=str(tiny_world / "test"))
@@ -108,7 +108,7 @@ def _nccl_worker(rank: int, port: int, cfg: Stage2Config, out: str) -> None:
 def test_stage2_under_nccl_on_one_gpu(tiny_world, tmp_path):
     """The DistributedDataParallel path with the NCCL backend (one GPU: world size 1)."""
     assert torch.distributed.is_nccl_available()
-    cfg = Stage2Config(train_set=str(tiny_world / "train"), val_set=str(tiny_world / "val"), backbone="tiny-vit",
+    cfg = Stage2Config(train_set=str(tiny_world / "train"), val_set=str(tiny_world / "val"), model=ModelConfig("tiny-vit"),
                        text_loss=False, out_dir=str(tmp_path / "run"), image_size=64, groups_num=2, epochs=2,
                        iterations_per_epoch=4, batch_size=8, lr=1e-4, freeze_trans=2, device="cuda",
                        progress=False, tensorboard=False, groups_cache_dir=str(tmp_path / "groups"))

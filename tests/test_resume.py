@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from progeo.config import Stage1Config, Stage2Config
+from progeo.config import ModelConfig, Stage1Config, Stage2Config
 from progeo.errors import CheckpointError, ConfigError
 
 
@@ -22,7 +22,7 @@ def prompts(tiny_world, tmp_path_factory):
     from progeo.train.stage1 import run_stage1
 
     tmp = tmp_path_factory.mktemp("stage1")
-    cfg = Stage1Config(train_set=str(tiny_world / "train"), backbone="tiny-vit", out_dir=str(tmp / "run"),
+    cfg = Stage1Config(train_set=str(tiny_world / "train"), model=ModelConfig("tiny-vit"), out_dir=str(tmp / "run"),
                        image_size=None, epochs=2, groups_num=2, device="cpu", progress=False, tensorboard=False,
                        feature_cache_dir=str(tmp / "features"), groups_cache_dir=str(tmp / "groups"))
     return run_stage1(cfg).prompts_path
@@ -84,7 +84,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tiny_world, tmp_path, p
 def test_resume_without_a_state_is_explained(tiny_world, tmp_path, prompts):
     from progeo.train.stage2 import run_stage2
 
-    cfg = Stage2Config(train_set=str(tiny_world / "train"), val_set=str(tiny_world / "val"), backbone="tiny-vit",
+    cfg = Stage2Config(train_set=str(tiny_world / "train"), val_set=str(tiny_world / "val"), model=ModelConfig("tiny-vit"),
                        prompts=str(prompts), image_size=64, groups_num=2, device="cpu", progress=False,
                        resume=str(tmp_path / "nothing"), groups_cache_dir=str(tmp_path / "groups"))
     with pytest.raises(CheckpointError, match="no training state"):
@@ -253,7 +253,7 @@ def test_default_groups_of_stage1_chain_into_stage2(tiny_world, tmp_path):
     from progeo.train.stage1 import run_stage1
     from progeo.train.stage2 import run_stage2
 
-    common = dict(train_set=str(tiny_world / "train"), backbone="tiny-vit", device="cpu", progress=False,
+    common = dict(train_set=str(tiny_world / "train"), model=ModelConfig("tiny-vit"), device="cpu", progress=False,
                   tensorboard=False, groups_cache_dir=str(tmp_path / "groups"))
     s1_cfg = Stage1Config(out_dir=str(tmp_path / "s1"), epochs=8, batch_size=64, image_size=None,
                           feature_cache_dir=str(tmp_path / "features"), **common)
@@ -261,5 +261,5 @@ def test_default_groups_of_stage1_chain_into_stage2(tiny_world, tmp_path):
     assert len(s1.classes_per_group) == Stage1Config().groups_num == Stage2Config().groups_num == 8
     s2 = run_stage2(Stage2Config(out_dir=str(tmp_path / "s2"), val_set=str(tiny_world / "val"),
                                  prompts=str(s1.prompts_path), image_size=64, epochs=1, iterations_per_epoch=2,
-                                 batch_size=8, freeze_trans=2, eval_batch_size=64, **common))
+                                 batch_size=8, freeze_trans=2, **common))
     assert s2.epochs_done == 1 and len(s2.classifiers) == 8 and "train_text" in s2.val_history[0]

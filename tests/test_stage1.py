@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from progeo.config import Stage1Config
+from progeo.config import ModelConfig, Stage1Config
 from progeo.errors import ConfigError
 
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(tiny_world, tmp_path, **kw) -> Stage1Config:
-    base = dict(train_set=str(tiny_world / "train"), backbone="tiny-vit", out_dir=str(tmp_path / "stage1"),
+    base = dict(train_set=str(tiny_world / "train"), model=ModelConfig("tiny-vit"), out_dir=str(tmp_path / "stage1"),
                 image_size=None, epochs=12, batch_size=64, groups_num=2, lr=0.01, device="cpu", progress=False,
                 tensorboard=False, feature_cache_dir=str(tmp_path / "features"), groups_cache_dir=str(tmp_path / "groups"))
     base.update(kw)

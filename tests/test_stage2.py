@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from progeo.config import Stage1Config, Stage2Config
+from progeo.config import ModelConfig, Stage1Config, Stage2Config
 from progeo.errors import ConfigError
 
 
@@ -21,17 +21,17 @@ def prompts(tiny_world, tmp_path_factory):
     from progeo.train.stage1 import run_stage1
 
     tmp = tmp_path_factory.mktemp("stage1")
-    cfg = Stage1Config(train_set=str(tiny_world / "train"), backbone="tiny-vit", out_dir=str(tmp / "run"),
+    cfg = Stage1Config(train_set=str(tiny_world / "train"), model=ModelConfig("tiny-vit"), out_dir=str(tmp / "run"),
                        image_size=None, epochs=4, groups_num=2, device="cpu", progress=False, tensorboard=False,
                        feature_cache_dir=str(tmp / "features"), groups_cache_dir=str(tmp / "groups"))
     return run_stage1(cfg).prompts_path
 
 
 def _cfg(tiny_world, tmp_path, prompts, **kw) -> Stage2Config:
-    base = dict(train_set=str(tiny_world / "train"), val_set=str(tiny_world / "val"), backbone="tiny-vit",
+    base = dict(train_set=str(tiny_world / "train"), val_set=str(tiny_world / "val"), model=ModelConfig("tiny-vit"),
                 prompts=str(prompts) if prompts else None, out_dir=str(tmp_path / "stage2"), image_size=64, groups_num=1, epochs=3,
                 iterations_per_epoch=6, batch_size=12, lr=3e-4, freeze_trans=2, device="cpu", progress=False,
-                tensorboard=False, groups_cache_dir=str(tmp_path / "groups"), eval_batch_size=64)
+                tensorboard=False, groups_cache_dir=str(tmp_path / "groups"))
     base.update(kw)
     return Stage2Config(**base)
 
@@ -170,7 +170,7 @@ def test_text_features_are_the_learned_prompts_in_the_cosface_label_order(tiny_w
     from progeo.train.stage2_setup import build_parts
 
     weights, backbone = pretrained_tiny_clip
-    model = dict(backbone=backbone, weights=str(weights), groups_cache_dir=str(tmp_path / "groups"))
+    model = dict(model=ModelConfig(backbone, str(weights)), groups_cache_dir=str(tmp_path / "groups"))
     s1_cfg = Stage1Config(train_set=str(tiny_world / "train"), out_dir=str(tmp_path / "stage1"), image_size=None,
                           epochs=24, batch_size=64, groups_num=2, device="cpu", progress=False, tensorboard=False,
                           feature_cache_dir=str(tmp_path / "features"), **model)

@@ -1,10 +1,12 @@
 """Configuration of the training stages: dataclasses whose defaults are the paper's values.
 
-Every field is a command-line flag (``--field-name``) and a key of a YAML/JSON config file
-(``--config FILE``); flags given on the command line override the file, the file overrides
-the defaults. A key that is not a field is an error naming the key and the file. Each field's
-help text (what it does, its unit, the paper's value) is in its metadata; :func:`field_help`
-adds the default, and ``--help`` shows that.
+Settings are grouped in sections (``model``, ``groups``: :class:`GroupsConfig`, ``augment``, ``eval``) that the
+stages use whole. Every setting is a command-line flag (``--flat-name``) and a key of a YAML/JSON
+config file (``--config FILE``), flat (``M``, ``eval_batch_size``) or inside its section (``groups:
+{M: 20}``); :func:`flat_fields` is the one mapping of flat names onto fields. Flags override the
+file, the file the defaults; an unknown or misplaced key is an error naming the key and the file.
+Each field's help text (what it does, its unit, the paper's value) is in its metadata;
+:func:`field_help` adds the default, and ``--help`` shows that.
 
 - :class:`PretrainConfig`: contrastive image-text pretraining of a tiny CLIP (our demo's
   substitute for OpenAI's weights; not part of the paper).
@@ -16,7 +18,9 @@ adds the default, and ``--help`` shows that.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import numbers
 import types
 import typing
 from dataclasses import dataclass
@@ -26,19 +30,21 @@ from typing import Any, Mapping, TypeVar
 from progeo.errors import ConfigError, reading
 
 C = TypeVar("C")
+_OUT_DIR = "run folder: config.json, logs, metrics, checkpoints and the trained model"
 
 
-def _opt(default: Any, help: str, paper: bool = False) -> Any:
-    """A config field: its default, and in its metadata its help text (what it does, its unit) and
-    ``paper=True`` when the default is the paper's value (SPEC 1.2-1.5)."""
-    return dataclasses.field(default=default, metadata={"help": help, "paper": paper})
+def _opt(default: Any, help: str, paper: bool = False, flat: str | None = None) -> Any:
+    """A config field: its default, and in its metadata its help text (what it does, its unit),
+    ``paper=True`` when the default is the paper's value (SPEC 1.2-1.5) and, for a field of a
+    section, its ``flat`` name (flag and flat key) when that is not the field's own name."""
+    return dataclasses.field(default=default, metadata={"help": help, "paper": paper, "flat": flat})
 
 
 @dataclass
 class RunConfig:
     """Fields every training command has."""
 
-    out_dir: str = _opt("runs/run", "run folder: config.json, logs, metrics, checkpoints and the trained model")
+    out_dir: str = _opt("runs/run", _OUT_DIR)
     device: str = _opt("auto", "device to train on: cpu, cuda, cuda:N, mps, or auto (CUDA, then MPS, then CPU)")
     seed: int = _opt(0, "random seed of initialisation, sampling and augmentation; a run repeats with the same seed")
     amp: bool = _opt(True, "mixed precision where the device supports it (CUDA, MPS), as the paper trains; "
@@ -49,9 +55,8 @@ class RunConfig:
     threads: int | None = _opt(None, "torch CPU threads during the run (none: torch's default; 1 suits tiny models)")
 
     def check(self) -> None:
-        _positive(self, "num_workers", allow_zero=True)
-        if self.threads is not None:
-            _positive(self, "threads")
+        _positive(self, "num_workers", zero=True)
+        _positive(self, "threads")
 
 
 @dataclass
@@ -69,7 +74,7 @@ class ResumeFields:
 
     def check(self) -> None:
         super().check()
-        _positive(self, "checkpoint_every", allow_zero=True)
+        _positive(self, "checkpoint_every", zero=True)
         if self.stop_after is not None and self.stop_after < 1:
             raise ConfigError(f"stop_after={self.stop_after} must be >= 1 (or unset)")
         if self.resume and self.overwrite:
@@ -77,9 +82,9 @@ class ResumeFields:
                               "continue the run, or drop --resume to start it again")
 
 
-@dataclass
-class GroupsFields:
-    """CosPlace partition (SPEC 1.2); turned into :class:`progeo.data.groups.GroupsConfig`."""
+@dataclass(frozen=True)
+class GroupsConfig:
+    """CosPlace partition (SPEC 1.2): the ``groups`` section of stage 1 and stage 2."""
 
     M: int = _opt(10, "side of a class cell, in metres", paper=True)
     alpha: int = _opt(30, "width of a class's heading bin, in degrees", paper=True)
@@ -87,13 +92,59 @@ class GroupsFields:
                      "apart", paper=True)
     L: int = _opt(2, "heading bins between two classes of one group", paper=True)
     min_images_per_class: int = _opt(10, "classes with fewer images are dropped (CosPlace's value)")
-    groups_cache_dir: str | None = _opt(None, "folder where the partition of the train set is cached "
-                                              "(none: $PROGEO_CACHE_DIR or ~/.cache/progeo)")
 
-    def groups_config(self):
-        from progeo.data.groups import GroupsConfig
+    def __post_init__(self) -> None:
+        for name, value in dataclasses.asdict(self).items():
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ConfigError(f"GroupsConfig.{name} must be a positive integer, got {value!r}")
 
-        return GroupsConfig(M=self.M, alpha=self.alpha, N=self.N, L=self.L, min_images_per_class=self.min_images_per_class)
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """Stage 2's on-device augmentation (SPEC 1.5), the ``augment`` section; the
+    :class:`~progeo.train.augment.AugmentConfig` of a run adds the output size and the mean/std."""
+
+    brightness: float = _opt(0.7, "colour jitter: brightness factor drawn in [1 - b, 1 + b]", paper=True)
+    contrast: float = _opt(0.7, "colour jitter: contrast factor drawn in [1 - c, 1 + c]", paper=True)
+    saturation: float = _opt(0.7, "colour jitter: saturation factor drawn in [1 - s, 1 + s]", paper=True)
+    hue: float = _opt(0.5, "colour jitter: hue shift drawn in [-h, h], in turns of the colour wheel, at most 0.5",
+                      paper=True)
+    crop_scale: tuple[float, float] = _opt((0.5, 1.0), "random resized crop: LOW HIGH bounds of the crop's area "
+                                                       "as a fraction of the image", paper=True)
+
+    def __post_init__(self) -> None:
+        _positive(self, "brightness", "contrast", "saturation", zero=True)
+        if not 0 <= self.hue <= 0.5:
+            raise ConfigError(f"hue={self.hue} must lie in [0, 0.5] (torchvision's ColorJitter range)")
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError(f"crop_scale={self.crop_scale} must satisfy 0 < low <= high <= 1, e.g. 0.5 1.0")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Stage 2's validation and test recalls, the ``eval`` section; :func:`eval_config` makes the
+    :class:`progeo.eval.evaluate.EvalConfig` of a run from it."""
+
+    batch_size: int = _opt(64, "images per batch when computing validation and test descriptors",
+                           flat="eval_batch_size")
+    recall_values: tuple[int, ...] = _opt((1, 5, 10, 20), "the N of the recall@N reported on val and test")
+    positive_dist: float = _opt(25.0, "distance, in metres, within which a database image is a positive of a "
+                                      "query", paper=True)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"eval_batch_size={self.batch_size} must be > 0")
+        if not self.recall_values or min(self.recall_values) < 1:
+            raise ConfigError(f"recall_values={self.recall_values} must be positive integers, e.g. 1 5 10 20")
+
+
+def eval_config(cfg, device, **changes):
+    """The :class:`~progeo.eval.evaluate.EvalConfig` of run ``cfg``'s ``eval`` section on ``device``."""
+    from progeo.eval.evaluate import EvalConfig
+
+    return EvalConfig(**dataclasses.asdict(cfg.eval) | dict(num_workers=cfg.num_workers, device=str(device),
+                                                            amp=cfg.amp, progress=cfg.progress, **changes))
 
 
 @dataclass
@@ -104,7 +155,7 @@ class PretrainConfig(ResumeFields, RunConfig):
                           "required")
     backbone: str = _opt("tiny-rn", "open_clip architecture trained from random initialisation (tiny-rn, tiny-vit, "
                                     "...)")
-    out_dir: str = "runs/pretrain"
+    out_dir: str = _opt("runs/pretrain", _OUT_DIR)
     image_size: int = _opt(64, "side of the square training images, in pixels")
     epochs: int = _opt(4, "passes over the captioned training images")
     batch_size: int = _opt(128, "image-caption pairs per step; the contrastive loss contrasts each image with "
@@ -123,11 +174,8 @@ class PretrainConfig(ResumeFields, RunConfig):
 
     def check(self) -> None:
         super().check()
-        for name in ("image_size", "epochs", "batch_size", "eval_batch_size"):
-            _positive(self, name)
-        _positive(self, "lr")
-        _positive(self, "weight_decay", allow_zero=True)
-        _positive(self, "warmup_steps", allow_zero=True)
+        _positive(self, "image_size", "epochs", "batch_size", "eval_batch_size", "lr")
+        _positive(self, "weight_decay", "warmup_steps", zero=True)
         if not 0 < self.init_temperature < 1:
             raise ConfigError(f"init_temperature={self.init_temperature} must lie in (0, 1), e.g. 0.07")
         if self.batch_size < 2:
@@ -136,9 +184,9 @@ class PretrainConfig(ResumeFields, RunConfig):
             raise ConfigError(f"zeroshot_template {self.zeroshot_template!r} needs a {{city}} placeholder")
 
 
-@dataclass
-class ModelFields:
-    """The CLIP backbone a stage starts from."""
+@dataclass(frozen=True)
+class ModelConfig:
+    """The CLIP backbone a stage starts from, the ``model`` section of stage 1 and stage 2."""
 
     backbone: str = _opt("RN50:openai", "CLIP to start from, ARCH[:TAG]: RN50:openai, ViT-B/16:openai, or tiny-vit "
                                         "/ tiny-rn with --weights", paper=True)
@@ -149,11 +197,15 @@ class ModelFields:
 
 
 @dataclass
-class Stage1Config(GroupsFields, ModelFields, ResumeFields, RunConfig):
+class Stage1Config(ResumeFields, RunConfig):
     """ProGEO stage 1: learn one prompt learner per group on cached, frozen image features."""
 
     train_set: str = _opt("", "training folder of @-named images (CosPlace layout); required")
-    out_dir: str = "runs/stage1"
+    out_dir: str = _opt("runs/stage1", _OUT_DIR)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    groups: GroupsConfig = dataclasses.field(default_factory=GroupsConfig)
+    groups_cache_dir: str | None = _opt(None, "folder where the partition of the train set is cached "
+                                              "(none: $PROGEO_CACHE_DIR or ~/.cache/progeo)")
     # The authors' README runs stage 1 with 1 group, but stage 2 trains 8 and needs prompts for every
     # group it trains, so their defaults do not chain. We default to stage 2's 8 groups; the 480 epochs
     # are spread over them (epoch e trains group e mod groups_num, 60 epochs per group).
@@ -178,21 +230,15 @@ class Stage1Config(GroupsFields, ModelFields, ResumeFields, RunConfig):
 
     def check(self) -> None:
         super().check()
-        self.groups_config()  # validates M, alpha, N, L, min_images_per_class
-        for name in ("groups_num", "epochs", "batch_size", "feature_batch_size"):
-            _positive(self, name)
-        _positive(self, "lr")
-        _positive(self, "temperature")
-        _positive(self, "weight_decay", allow_zero=True)
-        if self.image_size is not None:
-            _positive(self, "image_size")
+        _positive(self, "groups_num", "epochs", "batch_size", "feature_batch_size", "lr", "temperature", "image_size")
+        _positive(self, "weight_decay", zero=True)
         if self.lr_schedule not in ("per_group", "global"):
             raise ConfigError(f"lr_schedule={self.lr_schedule!r} is not a stage-1 schedule; choose per_group (a "
                               "cosine per group over its own epochs, as the authors) or global (one over all epochs)")
 
 
 @dataclass
-class Stage2Config(GroupsFields, ModelFields, ResumeFields, RunConfig):
+class Stage2Config(ResumeFields, RunConfig):
     """ProGEO stage 2: train the image encoder with CosFace + the prompts' text features."""
 
     train_set: str = _opt("", "training folder of @-named images (CosPlace layout); required")
@@ -204,7 +250,13 @@ class Stage2Config(GroupsFields, ModelFields, ResumeFields, RunConfig):
     test_queries: tuple[str, ...] = _opt(("queries",), "query folders of test_set to report")
     prompts: str | None = _opt(None, "prompts file of stage 1 (RUN/prompts.safetensors); required unless "
                                      "--no-text-loss")
-    out_dir: str = "runs/stage2"
+    out_dir: str = _opt("runs/stage2", _OUT_DIR)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    groups: GroupsConfig = dataclasses.field(default_factory=GroupsConfig)
+    groups_cache_dir: str | None = _opt(None, "folder where the partition of the train set is cached "
+                                              "(none: $PROGEO_CACHE_DIR or ~/.cache/progeo)")
+    augment: AugmentSettings = dataclasses.field(default_factory=AugmentSettings)
+    eval: EvalSettings = dataclasses.field(default_factory=EvalSettings)
     # model
     fc_output_dim: int | None = _opt(None, "descriptor size (none: CLIP's embedding size, RN50 1024, ViT-B 512; "
                                            "another size only for ResNets)")
@@ -214,6 +266,7 @@ class Stage2Config(GroupsFields, ModelFields, ResumeFields, RunConfig):
     freeze_trans: int = _opt(6, "ViT: frozen transformer blocks after the patch embedding and ln_pre", paper=True)
     train_all_layers: bool = _opt(False, "train every layer of the image encoder (overrides freeze_cnn and "
                                          "freeze_trans)")
+    normalization: str = _opt("imagenet", "input mean/std: imagenet or clip (the backbone's own)", paper=True)
     # data and optimisation
     groups_num: int = _opt(8, "groups trained, epoch e on group e mod groups_num: the partition's first ones, or "
                               "the first an imported prompts file names", paper=True)
@@ -236,38 +289,13 @@ class Stage2Config(GroupsFields, ModelFields, ResumeFields, RunConfig):
     triplet_weight: float = _opt(0.0, "weight of an added soft triplet loss (0: off)", paper=True)
     triplet_mining: str = _opt("batch_hard", "triplets of the soft triplet loss: batch_hard (hardest positive "
                                              "and negative per anchor) or all")
-    # augmentation (on the device, per image)
-    brightness: float = _opt(0.7, "colour jitter: brightness factor drawn in [1 - b, 1 + b]", paper=True)
-    contrast: float = _opt(0.7, "colour jitter: contrast factor drawn in [1 - c, 1 + c]", paper=True)
-    saturation: float = _opt(0.7, "colour jitter: saturation factor drawn in [1 - s, 1 + s]", paper=True)
-    hue: float = _opt(0.5, "colour jitter: hue shift drawn in [-h, h], in turns of the colour wheel, at most 0.5",
-                      paper=True)
-    crop_scale: tuple[float, float] = _opt((0.5, 1.0), "random resized crop: LOW HIGH bounds of the crop's area "
-                                                       "as a fraction of the image", paper=True)
-    normalization: str = _opt("imagenet", "input mean/std: imagenet or clip (the backbone's own)", paper=True)
-    # evaluation
-    eval_batch_size: int = _opt(64, "images per batch when computing validation and test descriptors")
-    recall_values: tuple[int, ...] = _opt((1, 5, 10, 20), "the N of the recall@N reported on val and test")
-    positive_dist: float = _opt(25.0, "distance, in metres, within which a database image is a positive of a "
-                                      "query", paper=True)
-
     def check(self) -> None:
         super().check()
-        self.groups_config()
-        for name in ("groups_num", "epochs", "iterations_per_epoch", "batch_size", "image_size", "eval_batch_size"):
-            _positive(self, name)
-        for name in ("lr", "classifiers_lr", "cosface_s"):
-            _positive(self, name)
-        for name in ("text_loss_weight", "triplet_weight", "cosface_m", "brightness",
-                     "contrast", "saturation"):
-            _positive(self, name, allow_zero=True)
-        if not 0 <= self.hue <= 0.5:
-            raise ConfigError(f"hue={self.hue} must lie in [0, 0.5] (torchvision's ColorJitter range)")
+        _positive(self, "groups_num", "epochs", "iterations_per_epoch", "batch_size", "image_size", "lr",
+                  "classifiers_lr", "cosface_s")
+        _positive(self, "text_loss_weight", "triplet_weight", "cosface_m", zero=True)
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing={self.label_smoothing} must lie in [0, 1)")
-        lo, hi = self.crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise ConfigError(f"crop_scale={self.crop_scale} must satisfy 0 < low <= high <= 1, e.g. 0.5 1.0")
         if self.normalization not in ("imagenet", "clip"):
             raise ConfigError(f"normalization={self.normalization!r}: choose 'imagenet' or 'clip'")
         if self.triplet_mining not in ("batch_hard", "all"):
@@ -276,37 +304,45 @@ class Stage2Config(GroupsFields, ModelFields, ResumeFields, RunConfig):
             raise ConfigError(f"freeze_cnn={self.freeze_cnn} must be between 0 and 4")
         if self.freeze_trans < 0:
             raise ConfigError(f"freeze_trans={self.freeze_trans} must be >= 0")
-        if not self.recall_values or min(self.recall_values) < 1:
-            raise ConfigError(f"recall_values={self.recall_values} must be positive integers, e.g. 1 5 10 20")
 
 
 # -- reading, merging, writing ---------------------------------------------------------------
 
 
-def _positive(cfg, name: str, allow_zero: bool = False) -> None:
-    value = getattr(cfg, name)
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{name}={value} must be {bound}")
+def _positive(cfg, *names: str, zero: bool = False) -> None:
+    """ConfigError unless each field ``names`` of ``cfg`` is > 0 (>= 0 with ``zero``) or unset (None)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and (value < 0 or (value == 0 and not zero)):
+            raise ConfigError(f"{name}={value} must be {'>= 0' if zero else '> 0'}")
+
+
+@functools.cache
+def flat_fields(cls) -> dict[str, tuple[str | None, dataclasses.Field, Any]]:
+    """The one mapping of flat names (flags ``--name``, flat config keys) onto the fields of ``cls``:
+    ``name -> (section or None, field, type)``; a section's field keeps its own name unless its
+    metadata gives a ``flat`` one (``eval.batch_size`` is ``eval_batch_size``)."""
+    out = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not dataclasses.is_dataclass(hints[f.name]):
+            out[f.name] = (None, f, hints[f.name])
+            continue
+        sub = typing.get_type_hints(hints[f.name])
+        for g in dataclasses.fields(hints[f.name]):
+            out[g.metadata.get("flat") or g.name] = (f.name, g, sub[g.name])
+    return out
 
 
 def config_fields(cls) -> dict[str, Any]:
-    """``name -> type`` of a config dataclass (types resolved)."""
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    """``flat name -> type`` of a config dataclass (types resolved; see :func:`flat_fields`)."""
+    return {name: tp for name, (_, _, tp) in flat_fields(cls).items()}
 
 
 def field_help(cls, name: str) -> str:
-    """Help text of field ``name`` of the config class ``cls``, ending with its default.
-
-    A subclass that only changes a field's default (``out_dir``) keeps its base class's text.
-    """
-    text = next((k.__dataclass_fields__[name].metadata.get("help") for k in cls.__mro__
-                 if name in getattr(k, "__dataclass_fields__", {})
-                 and k.__dataclass_fields__[name].metadata.get("help")), None)
-    if text is None:
-        raise KeyError(f"{cls.__name__}.{name} has no help text; give it one with _opt(default, help)")
-    f = cls.__dataclass_fields__[name]
+    """Help text of the setting with flat name ``name`` of the config class ``cls``, ending with its default."""
+    f = flat_fields(cls)[name][1]
+    text = f.metadata["help"]  # every field is made with _opt(default, help)
     paper = ", the paper's value" if f.metadata.get("paper") else ""
     return f"{text} (default: {show_value(f.default)}{paper})"
 
@@ -348,13 +384,13 @@ def coerce_value(value: Any, tp: Any, name: str, where: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
+        error = None
         for arg in (a for a in args if a is not type(None)):
             try:
                 return coerce_value(value, arg, name, where)
             except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{name} in {where}: invalid value {value!r}")
+                error = error or exc
+        raise error
     if origin in (tuple, list):
         args = typing.get_args(tp)
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -393,23 +429,51 @@ def coerce_value(value: Any, tp: Any, name: str, where: str) -> Any:
     return value
 
 
-def config_from_dict(cls: type[C], data: Mapping[str, Any], where: str = "the configuration",
-                     base: C | None = None) -> C:
-    """A ``cls`` with the values of ``data`` over ``base`` (or the defaults); unknown keys are errors."""
-    fields = config_fields(cls)
-    values = dataclasses.asdict(base) if base is not None else {}
+def flatten_config(cls, data: Mapping[str, Any], where: str = "the configuration") -> dict[str, Any]:
+    """``flat name -> value`` of ``data``, which holds flat keys (``lr``, ``M``, ``eval_batch_size``),
+    sections (``groups: {M: 20}``), or both; an unknown or misplaced key is an error naming it."""
+    fields = flat_fields(cls)
+    dotted = {f"{sec}.{f.name}": name for name, (sec, f, _) in fields.items() if sec}
+    sections = {sec for sec, _, _ in fields.values() if sec}
+    out = {}
     for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if name not in fields:
+        key = str(key).replace("-", "_")
+        if key in sections and isinstance(value, Mapping):
+            items = [(f"{key}.{str(k).replace('-', '_')}", v) for k, v in value.items()]
+        else:
+            items = [(key, value)]
+        for sub, v in items:
+            name = dotted.get(sub, sub if "." not in sub else None)
+            if name in fields:
+                out[name] = v
+                continue
             import difflib
 
-            close = difflib.get_close_matches(name, list(fields), n=3)
+            placed = {d.rsplit(".", 1)[1]: f"{d} (or {n})" for d, n in dotted.items()} | {n: n for n in fields}
+            if sub.rsplit(".", 1)[-1] in placed:
+                raise ConfigError(f"option {sub!r} in {where} is misplaced; write it as {placed[sub.rsplit('.')[-1]]}")
+            close = difflib.get_close_matches(sub, [*fields, *dotted], n=3)
             hint = f"did you mean {', '.join(close)}?" if close else f"known keys: {', '.join(sorted(fields))}"
-            raise ConfigError(f"unknown option {key!r} in {where}; {hint}")
-        values[name] = coerce_value(value, fields[name], name, where)
-    cfg = cls(**values)
+            raise ConfigError(f"unknown option {sub!r} in {where}; {hint}")
+    return out
+
+
+def config_from_dict(cls: type[C], data: Mapping[str, Any], where: str = "the configuration",
+                     base: C | None = None) -> C:
+    """A ``cls`` with the values of ``data`` (see :func:`flatten_config`) over ``base`` (or the defaults)."""
+    base, top, sections = base if base is not None else cls(), {}, {}
+    for name, value in flatten_config(cls, data, where).items():
+        sec, f, tp = flat_fields(cls)[name]
+        (sections.setdefault(sec, {}) if sec else top)[f.name] = coerce_value(value, tp, name, where)
+    cfg = dataclasses.replace(base, **top, **{s: dataclasses.replace(getattr(base, s), **kw) for s, kw in sections.items()})
     cfg.check()
     return cfg
+
+
+def flat_config(cfg) -> dict:
+    """``flat name -> value`` of a config (the flags' and old config files' spelling)."""
+    return {name: getattr(getattr(cfg, sec) if sec else cfg, f.name)
+            for name, (sec, f, _) in flat_fields(type(cfg)).items()}
 
 
 def load_config(cls: type[C], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> C:
@@ -437,6 +501,7 @@ def save_config(cfg, path: str | Path) -> Path:
     return Path(path)
 
 
-__all__ = ["RunConfig", "ResumeFields", "PretrainConfig", "Stage1Config", "Stage2Config", "load_config",
-           "config_from_dict", "read_config_file", "save_config", "config_to_dict", "config_fields", "coerce_value",
+__all__ = ["RunConfig", "ResumeFields", "PretrainConfig", "Stage1Config", "Stage2Config", "ModelConfig", "GroupsConfig",
+           "AugmentSettings", "EvalSettings", "eval_config", "load_config", "config_from_dict", "flat_fields",
+           "flat_config", "read_config_file", "save_config", "config_to_dict", "config_fields", "coerce_value",
            "field_help"]

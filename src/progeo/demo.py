@@ -180,7 +180,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
 
 
 def _run_demo(cfg: DemoConfig) -> DemoResult:
-    from progeo.config import PretrainConfig, Stage1Config, Stage2Config
+    from progeo.config import PretrainConfig, Stage1Config, Stage2Config, config_from_dict
     from progeo.device import resolve_device
     from progeo.models import build_model, load_model
     from progeo.train.pretrain import run_pretrain
@@ -217,8 +217,9 @@ def _run_demo(cfg: DemoConfig) -> DemoResult:
     lap("eval zero-shot")
 
     groups = dict(N=b.groups_N, groups_num=b.groups_num)
-    s1 = run_stage1(Stage1Config(train_set=str(world / "train"), out_dir=str(out / "stage1"), epochs=b.stage1_epochs,
-                                 image_size=64, **groups, **model_fields, **common))
+    s1 = run_stage1(config_from_dict(Stage1Config, dict(train_set=str(world / "train"), out_dir=str(out / "stage1"),
+                                                        epochs=b.stage1_epochs, image_size=64, **groups,
+                                                        **model_fields, **common)))
     lap("stage 1")
 
     stage2 = dict(train_set=str(world / "train"), val_set=str(world / "val"), image_size=b.stage2_image_size,
@@ -226,7 +227,7 @@ def _run_demo(cfg: DemoConfig) -> DemoResult:
                   lr=b.stage2_lr, **dict(b.augmentation), **groups, **model_fields, **common)
     for method, run, extra in ((METHODS[1], "cosplace", {"text_loss": False}),
                                (METHODS[2], "progeo", {"prompts": str(s1.prompts_path)})):
-        s2 = run_stage2(Stage2Config(out_dir=str(out / f"stage2-{run}"), **stage2, **extra))
+        s2 = run_stage2(config_from_dict(Stage2Config, dict(out_dir=str(out / f"stage2-{run}"), **stage2, **extra)))
         lap(f"stage 2 {run}")
         model = load_model(s2.best_model or s2.last_model, device)
         result.recalls[method] = _evaluate(model, world, method, device,

@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import argparse
 
+from progeo.cli.train import add_groups_flags, groups_from_args
+
 DESCRIPTION = """Validate a visual geo-localization dataset folder and print its counts (images,
 classes, groups, images per class, database and query sizes, queries without positives) and
 every problem found (malformed names, missing paths, stale or unreadable paths files, empty
 folders; with --verify-images, every unreadable or truncated image).
 A train folder holds images named @UTM_east@UTM_north@...@heading@...@.jpg; a test folder holds
 database/ and queries*/ sub-folders. Exit status: 0 no problem, 1 problems found, 2 unusable input."""
-
-
-def add_partition_flags(p: argparse.ArgumentParser, of: str = "") -> None:
-    """The flags of the CosPlace partition of a train set into classes and groups (the paper's defaults)."""
-    for flag, default, what in (("--M", 10, f"class cell size in metres{of}"), ("--alpha", 30, "class heading bin in degrees"),
-                                ("--N", 5, "cells between classes of a group"),
-                                ("--L", 2, "heading bins between classes of a group"),
-                                ("--min-images-per-class", 10, "smaller classes are dropped")):
-        p.add_argument(flag, type=int, default=default, help=what + " (default: %(default)s)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="query folder to check (default: every queries*/ folder)")
     p.add_argument("--positive-dist", type=float, default=25.0, metavar="METRES",
                    help="a database image within this distance of a query is a positive (default: %(default)s)")
-    add_partition_flags(p)
+    add_groups_flags(p)
     p.add_argument("--max-listed", type=int, default=20, help="malformed names listed per folder (default: %(default)s)")
     p.add_argument("--all-paths", action="store_true",
                    help="check that every entry of a paths file exists (default: a sample of 1000)")
@@ -56,15 +49,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _check_dataset(args: argparse.Namespace) -> int:
     from progeo.data.checks import check_dataset
-    from progeo.data.groups import GroupsConfig
 
     from progeo.data.checks import ImageChecks
     from progeo.errors import ConfigError
 
     if args.full and not args.verify_images:
         raise ConfigError("--full goes with --verify-images (it decodes every image fully)")
-    config = GroupsConfig(M=args.M, alpha=args.alpha, N=args.N, L=args.L,
-                          min_images_per_class=args.min_images_per_class)
+    config = groups_from_args(args)
     checks = ImageChecks(None if args.all_paths else 1000,
                          ("full" if args.full else "headers") if args.verify_images else None,
                          args.workers, args.progress)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from progeo.cli.train import add_groups_flags, groups_from_args
+
 
 def register(subparsers) -> None:
-    from progeo.cli.data import add_partition_flags
-
     p = subparsers.add_parser(
         "import-checkpoint", help="convert a ProGEO/CosPlace state dict into a progeo model folder",
         description="Convert the authors' released ProGEO checkpoints (or any CosPlace-style state dict with "
@@ -41,7 +41,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output prompts file (.safetensors)")
     p.add_argument("--train-set", metavar="FOLDER", default=None,
                    help="the train folder the prompts were learned on (needed to remap the classes)")
-    add_partition_flags(p, of=" of stage 1")
+    add_groups_flags(p)  # the partition of stage 1
     p.add_argument("--authors-python", choices=("3.8", "3.7"), default="3.8",
                    help="Python the prompts were learned under: 3.8 (3.8 or later, default) or 3.7; "
                         "the authors' class order depends on its tuple hash")
@@ -83,11 +83,9 @@ def _import_prompts(args: argparse.Namespace) -> int:
 
     train_set = None
     if args.train_set and not args.keep_order:
-        from progeo.data.groups import GroupsConfig
         from progeo.data.train_sets import TrainSet
 
-        train_set = TrainSet.open(args.train_set, GroupsConfig(M=args.M, alpha=args.alpha, N=args.N, L=args.L,
-                                                               min_images_per_class=args.min_images_per_class))
+        train_set = TrainSet.open(args.train_set, groups_from_args(args))
     info = import_prompts(args.src, args.out, train_set=train_set, keep_order=args.keep_order,
                           authors_python=args.authors_python,
                           trust_pickle=args.trust_pickle, architecture=args.backbone,

@@ -45,6 +45,20 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...]
                                 metavar=name.upper(), help=text)
 
 
+def add_groups_flags(parser: argparse.ArgumentParser) -> None:
+    """The CosPlace partition's flags (``--M --alpha --N --L --min-images-per-class``) of commands outside training."""
+    from progeo.config import GroupsConfig
+
+    add_config_flags(parser, GroupsConfig)
+    parser.set_defaults(**dataclasses.asdict(GroupsConfig()))
+
+
+def groups_from_args(args: argparse.Namespace):
+    from progeo.config import GroupsConfig
+
+    return GroupsConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(GroupsConfig)})
+
+
 def config_from_args(cls, args: argparse.Namespace, config_file: str | None = None):
     """The config: defaults < ``--config`` file (or ``config_file``) < flags given."""
     from progeo.config import config_fields, load_config

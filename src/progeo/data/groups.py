@@ -35,28 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
-from progeo.errors import ConfigError
+from progeo.config import GroupsConfig  # the partition's parameters, a section of the training configs
 from progeo.io import atomic_path
 
 logger = logging.getLogger(__name__)
 CACHE_VERSION = 1
 _ARRAYS = ("group_ids", "group_class_ptr", "class_ids", "class_image_ptr", "image_indices")
-
-
-@dataclass(frozen=True)
-class GroupsConfig:
-    """CosPlace partition parameters (paper defaults)."""
-
-    M: int = 10  # metres per class cell
-    alpha: int = 30  # degrees per heading bin
-    N: int = 5  # cells between classes of one group, per axis
-    L: int = 2  # heading bins between classes of one group
-    min_images_per_class: int = 10
-
-    def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ConfigError(f"GroupsConfig.{name} must be a positive integer, got {value!r}")
 
 
 def default_cache_dir() -> Path:

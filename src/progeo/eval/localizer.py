@@ -12,12 +12,11 @@ Position and confidence are :func:`progeo.eval.localize_core.predict_positions`'
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from progeo.errors import ConfigError, DatasetError
+from progeo.errors import ConfigError
 from progeo.eval.confidence import CONFIDENCE_DEPTH
 from progeo.data.image_lists import expand_photo_paths
 from progeo.eval.descriptors import are_paths, describe, describe_files

@@ -60,13 +60,16 @@ def _describe(kind: str | None) -> str:
 
 def run_kind(config: dict) -> str | None:
     """The stage (``pretrain``, ``stage1``, ``stage2``) whose config has the keys of ``config``."""
-    from progeo.config import config_fields
+    from progeo.config import flatten_config
 
     best, overlap = None, 0
     for kind, cls in _config_classes().items():
-        fields = set(config_fields(cls))
-        if set(config) <= fields and len(fields & set(config)) > overlap:
-            best, overlap = kind, len(fields & set(config))
+        try:
+            n = len(flatten_config(cls, config))  # flat (before nested sections) or nested
+        except ConfigError:
+            continue
+        if n > overlap:
+            best, overlap = kind, n
     return best
 
 
@@ -103,9 +106,10 @@ def _same(name: str, a: Any, b: Any) -> bool:
 
 def check_same_run(cfg, saved: dict, folder: str | os.PathLike, kind: str) -> None:
     """:class:`ConfigError` when ``cfg`` differs from the run's ``saved`` config in a field that matters."""
-    from progeo.config import config_to_dict
+    from progeo.config import flat_config, flatten_config
 
-    now = config_to_dict(cfg)
+    now = json.loads(json.dumps(flat_config(cfg)))
+    saved = flatten_config(type(cfg), saved, f"{Path(folder) / 'config.json'}")
     diff = [(k, saved[k], now[k]) for k in saved
             if k in now and k not in FREE_FIELDS and not _same(k, saved[k], now[k])]
     if not diff:

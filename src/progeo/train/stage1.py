@@ -16,6 +16,7 @@ batches (resume, stop_after, signals, NaN stop) are the run engine's (:mod:`prog
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -50,10 +51,10 @@ class Stage1Result:
 
 
 def load_frozen_clip(cfg, device: torch.device):
-    """The CLIP model of ``cfg.backbone``/``cfg.weights``, frozen and in eval mode."""
+    """The CLIP model of ``cfg.model``, frozen and in eval mode."""
     from progeo.models.backbones import load_clip
 
-    clip = load_clip(cfg.backbone, weights=cfg.weights, quick_gelu=cfg.quick_gelu, device=device)
+    clip = load_clip(cfg.model.backbone, weights=cfg.model.weights, quick_gelu=cfg.model.quick_gelu, device=device)
     clip.model.requires_grad_(False)
     clip.model.eval()
     return clip
@@ -107,7 +108,7 @@ class Stage1(TrainingStage):
 
         super().__init__(ctx)
         cfg, device = self.cfg, self.device
-        train_set = TrainSet.open(cfg.train_set, cfg.groups_config(), cache_dir=cfg.groups_cache_dir)
+        train_set = TrainSet.open(cfg.train_set, cfg.groups, cache_dir=cfg.groups_cache_dir)
         self.groups = train_set.first_groups(cfg.groups_num)
         self.clip = load_frozen_clip(cfg, device)
         self.feats, self.per_group, self.cache_file, self.hit = group_features(self.clip, self.groups, cfg, device)
@@ -180,10 +181,10 @@ class Stage1(TrainingStage):
             return Stage1Result(None, run.path, losses, self.cache_file, self.hit, classes,
                                 time.perf_counter() - self.ctx.started, stopped=True)
         prompts_path = run.path / PROMPTS_NAME
-        extra = {"backbone": cfg.backbone, "weights": cfg.weights,
+        extra = {"backbone": cfg.model.backbone, "weights": cfg.model.weights,
                  "image_weights_sha1": weights_fingerprint(self.clip.visual),
-                 "train_set": str(Path(cfg.train_set).resolve()), "groups": {k: getattr(cfg, k) for k in
-                 ("M", "alpha", "N", "L", "min_images_per_class")}, "epochs": cfg.epochs, "final_loss": losses[-1]}
+                 "train_set": str(Path(cfg.train_set).resolve()), "groups": dataclasses.asdict(cfg.groups),
+                 "epochs": cfg.epochs, "final_loss": losses[-1]}
         save_prompts(prompts_path, self.learners, architecture=self.clip.arch, extra={"provenance": extra})
         seconds = time.perf_counter() - self.ctx.started
         run.write_metrics({"stage": "stage1", "first_loss": losses[0], "final_loss": losses[-1], "epochs": cfg.epochs,

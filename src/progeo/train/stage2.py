@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from progeo.config import Stage2Config
+from progeo.config import Stage2Config, eval_config
 from progeo.device import autocast
 from progeo.losses import label_smoothed_cross_entropy, soft_triplet_loss
 from progeo.train import ddp
@@ -199,14 +199,11 @@ class Stage2(TrainingStage):
 
 def _test(cfg, best: Path, device) -> dict[str, dict]:
     """Test recalls of the best model on every test query folder (the database described once)."""
-    from progeo.eval.evaluate import EvalConfig, evaluate
+    from progeo.eval.evaluate import evaluate
     from progeo.models.checkpoints import load_model
 
     model = load_model(best, device=device)
-    eval_cfg = EvalConfig(positive_dist=cfg.positive_dist, recall_values=tuple(cfg.recall_values),
-                          batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers, device=str(device),
-                          amp=cfg.amp, progress=cfg.progress)
-    results = evaluate(model, cfg.test_set, cfg.test_queries, eval_cfg)
+    results = evaluate(model, cfg.test_set, cfg.test_queries, eval_config(cfg, device))
     out = {}
     for r in results:
         log.info("test %s: %s", r.queries_folder, ", ".join(f"R@{n} {v:.1f}" for n, v in r.recall.recalls.items()))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from progeo.config import Stage2Config
+from progeo.config import Stage2Config, eval_config
 from progeo.errors import ConfigError
 from progeo.losses import CosFace
 from progeo.train.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, BatchAugment
@@ -43,14 +43,14 @@ def build_parts(cfg: Stage2Config, device: torch.device, info) -> Stage2Parts:
     if cfg.text_loss and not cfg.prompts:
         raise ConfigError("stage 2 with the text loss needs the stage-1 prompts: --prompts FILE "
                           "(or --no-text-loss for plain CosPlace training)")
-    train_set = TrainSet.open(cfg.train_set, cfg.groups_config(), cache_dir=cfg.groups_cache_dir)
+    train_set = TrainSet.open(cfg.train_set, cfg.groups, cache_dir=cfg.groups_cache_dir)
     groups = _train_groups(cfg, train_set)
-    val_set = TestSet(cfg.val_set, cfg.val_queries, cfg.positive_dist)
+    val_set = TestSet(cfg.val_set, cfg.val_queries, cfg.eval.positive_dist)
     if cfg.test_set:
         for queries in cfg.test_queries:  # fail now, not after hours of training
-            TestSet(cfg.test_set, queries, cfg.positive_dist)
+            TestSet(cfg.test_set, queries, cfg.eval.positive_dist)
 
-    clip = load_clip(cfg.backbone, weights=cfg.weights, quick_gelu=cfg.quick_gelu)
+    clip = load_clip(cfg.model.backbone, weights=cfg.model.weights, quick_gelu=cfg.model.quick_gelu)
     text_features = _text_features(cfg, clip, groups, device) if cfg.text_loss else []
     model = GeoLocalizer.from_clip(clip, fc_output_dim=cfg.fc_output_dim, image_size=cfg.image_size,
                                    provenance={"train_set": str(cfg.train_set), "text_loss": cfg.text_loss})
@@ -66,9 +66,7 @@ def build_parts(cfg: Stage2Config, device: torch.device, info) -> Stage2Parts:
     classifiers = [CosFace(model.descriptor_dim, len(g), s=cfg.cosface_s, m=cfg.cosface_m) for g in groups]
     classifier_optimizers = [torch.optim.Adam(c.parameters(), lr=cfg.classifiers_lr) for c in classifiers]
     pre = model.preprocess_config
-    augment = BatchAugment(AugmentConfig(
-        out_size=model.image_size, mean=pre.mean, std=pre.std, brightness=cfg.brightness, contrast=cfg.contrast,
-        saturation=cfg.saturation, hue=cfg.hue, crop_scale=tuple(cfg.crop_scale)))
+    augment = BatchAugment(AugmentConfig(model.image_size, pre.mean, pre.std, **dataclasses.asdict(cfg.augment)))
     source = _image_source(cfg, train_set, groups)
     val_images = None
     if info.is_main and preload_bytes(len(val_set), cfg.image_size) <= cfg.preload_max_gib * 2**30 / 4:
@@ -139,9 +137,7 @@ def _text_features(cfg: Stage2Config, clip, groups, device: torch.device) -> lis
 
 def evaluate_model(model, test_set, cfg: Stage2Config, device: torch.device, images: torch.Tensor | None = None) -> dict:
     """Recall@N of ``model`` on ``test_set`` as a JSON-ready dict (``{"R@1": ..., ...}``)."""
-    from progeo.eval.evaluate import EvalConfig, evaluate
+    from progeo.eval.evaluate import evaluate
 
-    eval_cfg = EvalConfig(positive_dist=test_set.positive_dist_threshold, recall_values=tuple(cfg.recall_values),
-                          batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers, device=str(device), amp=cfg.amp,
-                          channels_last=False, progress=cfg.progress)
+    eval_cfg = eval_config(cfg, device, positive_dist=test_set.positive_dist_threshold, channels_last=False)
     return evaluate(model, test_set, cfg=eval_cfg, images=images)[0].recall.as_dict()
