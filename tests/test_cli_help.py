@@ -14,7 +14,8 @@ import re
 import pytest
 
 from progeo.cli import build_parser
-from progeo.config import PretrainConfig, Stage1Config, Stage2Config, config_fields, field_help
+from progeo.config import PretrainConfig, Stage1Config, Stage2Config
+from progeo.config_files import config_fields, field_help
 
 STOP = {"a", "an", "the", "of", "in", "on", "to", "for", "and", "or", "is", "by", "with", "its", "it", "this"}
 

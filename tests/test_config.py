@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from progeo.config import (ModelConfig, PretrainConfig, Stage1Config, Stage2Config, config_to_dict, load_config, save_config)
+from progeo.config import ModelConfig, PretrainConfig, Stage1Config, Stage2Config
+from progeo.config_files import config_to_dict, load_config, save_config
 from progeo.errors import ConfigError
 
 

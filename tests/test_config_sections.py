@@ -14,8 +14,9 @@ import yaml
 
 from progeo.cli import build_parser
 from progeo.cli.train import config_from_args, run_config
-from progeo.config import (AugmentSettings, EvalSettings, GroupsConfig, ModelConfig, PretrainConfig, Stage1Config, Stage2Config,
-                           config_fields, config_to_dict, flat_config, load_config, save_config)
+from progeo.config import (AugmentSettings, EvalSettings, GroupsConfig, ModelConfig, PretrainConfig, Stage1Config,
+                           Stage2Config)
+from progeo.config_files import config_fields, config_to_dict, flat_config, load_config, save_config
 from progeo.errors import CheckpointError, ConfigError
 from progeo.train.engine import run_training
 from progeo.train.resume import check_same_run, read_run_config
@@ -142,7 +143,7 @@ def test_a_run_with_a_flat_config_json_of_before_the_sections_still_resumes(tmp_
 
 
 def test_config_to_dict_is_nested_and_field_help_reaches_into_sections():
-    from progeo.config import field_help
+    from progeo.config_files import field_help
 
     d = config_to_dict(Stage2Config())
     assert d["eval"] == {"batch_size": 64, "recall_values": [1, 5, 10, 20], "positive_dist": 25.0}

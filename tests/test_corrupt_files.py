@@ -27,7 +27,8 @@ def files(tiny_world, tmp_path_factory) -> Path:
     """Valid files of every kind (damaged one at a time by the tests, then restored)."""
     from safetensors.torch import save_file
 
-    from progeo.config import ModelConfig, PretrainConfig, Stage2Config, config_to_dict
+    from progeo.config import ModelConfig, PretrainConfig, Stage2Config
+    from progeo.config_files import config_to_dict
     from progeo.geo import ClassTable
     from progeo.geo.features import ModelSpec
     from progeo.geo.probe import LinearProbe

@@ -180,7 +180,8 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
 
 
 def _run_demo(cfg: DemoConfig) -> DemoResult:
-    from progeo.config import PretrainConfig, Stage1Config, Stage2Config, config_from_dict
+    from progeo.config import PretrainConfig, Stage1Config, Stage2Config
+    from progeo.config_files import config_from_dict
     from progeo.device import resolve_device
     from progeo.models import build_model, load_model
     from progeo.train.pretrain import run_pretrain

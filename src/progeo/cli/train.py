@@ -24,7 +24,7 @@ def _none_or(convert):
 
 def add_config_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
     """One flag per field of ``cls`` (default: not given, so the file/defaults apply)."""
-    from progeo.config import config_fields, field_help
+    from progeo.config_files import config_fields, field_help
 
     for name, tp in config_fields(cls).items():
         if name in skip:
@@ -61,7 +61,7 @@ def groups_from_args(args: argparse.Namespace):
 
 def config_from_args(cls, args: argparse.Namespace, config_file: str | None = None):
     """The config: defaults < ``--config`` file (or ``config_file``) < flags given."""
-    from progeo.config import config_fields, load_config
+    from progeo.config_files import config_fields, load_config
 
     names = set(config_fields(cls))
     overrides = {k: v for k, v in vars(args).items() if k in names}

@@ -60,7 +60,7 @@ def _describe(kind: str | None) -> str:
 
 def run_kind(config: dict) -> str | None:
     """The stage (``pretrain``, ``stage1``, ``stage2``) whose config has the keys of ``config``."""
-    from progeo.config import flatten_config
+    from progeo.config_files import flatten_config
 
     best, overlap = None, 0
     for kind, cls in _config_classes().items():
@@ -106,7 +106,7 @@ def _same(name: str, a: Any, b: Any) -> bool:
 
 def check_same_run(cfg, saved: dict, folder: str | os.PathLike, kind: str) -> None:
     """:class:`ConfigError` when ``cfg`` differs from the run's ``saved`` config in a field that matters."""
-    from progeo.config import flat_config, flatten_config
+    from progeo.config_files import flat_config, flatten_config
 
     now = json.loads(json.dumps(flat_config(cfg)))
     saved = flatten_config(type(cfg), saved, f"{Path(folder) / 'config.json'}")

@@ -85,7 +85,7 @@ class RunDir:
                     old.unlink(missing_ok=True)
             self._replaces = ()
 
-            from progeo.config import save_config
+            from progeo.config_files import save_config
 
             once = {k: v for k, v in (("resume", None), ("overwrite", False), ("stop_after", None)) if hasattr(cfg, k)}
             save_config(dataclasses.replace(cfg, **once), self.path / "config.json")
