@@ -84,7 +84,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from progeo.config import Stage2Config
+    from progeo.config import LossSettings, ModelConfig, Stage2Config
     from progeo.device import resolve_device
     from progeo.train.ddp import DistInfo
     from progeo.train.stage2_setup import build_parts
@@ -96,8 +96,8 @@ def main() -> None:
 
         generate_world(world, "tiny", seed=0, workers=2, progress=False)
     device = resolve_device(args.device)
-    cfg = Stage2Config(train_set=str(world / "train"), val_set=str(world / "val"), backbone=args.backbone,
-                       text_loss=False, image_size=args.image_size, batch_size=args.batch_size, groups_num=1,
+    cfg = Stage2Config(train_set=str(world / "train"), val_set=str(world / "val"), model=ModelConfig(args.backbone),
+                       loss=LossSettings(text_loss=False), image_size=args.image_size, batch_size=args.batch_size, groups_num=1,
                        freeze_trans=2, device=str(device), preload_images=False, progress=False,
                        groups_cache_dir=str(Path(tmp.name) / "groups"))
     parts = build_parts(cfg, device, DistInfo())

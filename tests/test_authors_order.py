@@ -143,13 +143,13 @@ def test_stage2_trains_the_groups_the_imported_prompts_name(tmp_path):
     pls = [PromptLearner(torch.zeros(1, 2, 8), torch.zeros(1, 5, 8), torch.zeros(1, 9, 8), torch.zeros(1, 16), 8)
            for _ in range(2)]
     save_prompts(tmp_path / "p.safetensors", pls, extra={"group_ids": [list(g) for g in chosen]})
-    cfg = SimpleNamespace(prompts=str(tmp_path / "p.safetensors"), text_loss=True, groups_num=2)
+    cfg = SimpleNamespace(prompts=str(tmp_path / "p.safetensors"), loss=SimpleNamespace(text_loss=True), groups_num=2)
     assert [tuple(train.groups.group_ids[g.index]) for g in _train_groups(cfg, train)] == chosen
     cfg.groups_num = 3
     with pytest.raises(ConfigError, match="hold 2 group"):
         _train_groups(cfg, train)
     cfg.groups_num, cfg.prompts = 2, None
-    cfg.text_loss = False
+    cfg.loss.text_loss = False
     assert [g.index for g in _train_groups(cfg, train)] == [0, 1]
 
 

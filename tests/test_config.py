@@ -13,12 +13,15 @@ from progeo.errors import ConfigError
 
 def test_paper_defaults():
     s1, s2 = Stage1Config(), Stage2Config()
-    assert (s1.lr, s1.batch_size, s1.epochs, s1.temperature) == (0.01, 512, 480, 1.0)
+    assert (s1.optim.lr, s1.batch_size, s1.epochs, s1.temperature) == (0.01, 512, 480, 1.0)
     # stage 1 learns prompts for the groups stage 2 trains (8; the authors' README runs stage 1 with 1)
     assert s1.groups_num == s2.groups_num == 8
     assert s1.template == "A photo of a X X X X street."
-    assert (s2.lr, s2.classifiers_lr, s2.batch_size, s2.epochs, s2.iterations_per_epoch) == (1e-5, 0.01, 32, 64, 10_000)
-    assert (s2.cosface_s, s2.cosface_m, s2.label_smoothing, s2.groups_num, s2.image_size) == (30.0, 0.4, 0.1, 8, 512)
+    assert (s2.optim.lr, s2.optim.classifiers_lr, s2.batch_size, s2.epochs, s2.iterations_per_epoch) == (
+        1e-5, 0.01, 32, 64, 10_000)
+    lo = s2.loss
+    assert (lo.cosface_s, lo.cosface_m, lo.label_smoothing, lo.triplet_weight, s2.groups_num, s2.image_size) == (
+        30.0, 0.4, 0.1, 0.0, 8, 512)
     assert (s2.freeze_cnn, s2.freeze_trans, s2.train_all_layers) == (2, 6, False)
     a, g = s2.augment, s2.groups
     assert (a.brightness, a.contrast, a.saturation, a.hue, a.crop_scale) == (0.7, 0.7, 0.7, 0.5, (0.5, 1.0))
@@ -31,8 +34,8 @@ def test_yaml_file_then_flags_override(tmp_path):
     path.write_text("epochs: 3\niterations_per_epoch: 20\ncrop_scale: [0.3, 0.9]\ntext_loss: false\n"
                     "test_queries: [queries_night, queries_occlusion]\nlr: 2.0e-5\n")
     cfg = load_config(Stage2Config, path)
-    assert (cfg.epochs, cfg.iterations_per_epoch, cfg.augment.crop_scale, cfg.text_loss) == (3, 20, (0.3, 0.9), False)
-    assert cfg.test_queries == ("queries_night", "queries_occlusion") and cfg.lr == 2e-5
+    assert (cfg.epochs, cfg.iterations_per_epoch, cfg.augment.crop_scale, cfg.loss.text_loss) == (3, 20, (0.3, 0.9), False)
+    assert cfg.test_queries == ("queries_night", "queries_occlusion") and cfg.optim.lr == 2e-5
     cfg = load_config(Stage2Config, path, overrides={"epochs": 5, "batch-size": "16"})
     assert (cfg.epochs, cfg.batch_size, cfg.iterations_per_epoch) == (5, 16, 20)  # file value kept
 
@@ -96,8 +99,8 @@ def test_command_line_flags_become_the_config(tmp_path):
                                       "--crop-scale", "0.6", "1.0", "--fc-output-dim", "none", "--test-queries",
                                       "queries", "queries_night"])
     cfg = config_from_args(Stage2Config, args)
-    assert (cfg.epochs, cfg.batch_size, cfg.text_loss, cfg.augment.crop_scale, cfg.fc_output_dim) == (3, 8, False, (0.6, 1.0), None)
-    assert cfg.test_queries == ("queries", "queries_night") and cfg.lr == 1e-5  # untouched: the paper's
+    assert (cfg.epochs, cfg.batch_size, cfg.loss.text_loss, cfg.augment.crop_scale, cfg.fc_output_dim) == (3, 8, False, (0.6, 1.0), None)
+    assert cfg.test_queries == ("queries", "queries_night") and cfg.optim.lr == 1e-5  # untouched: the paper's
     args = build_parser().parse_args(["train", "stage1", "--epochs", "5", "--image-size", "64"])
     assert config_from_args(Stage1Config, args).epochs == 5
     args = build_parser().parse_args(["pretrain", "--world", "W", "--no-augment"])

@@ -14,8 +14,8 @@ import yaml
 
 from progeo.cli import build_parser
 from progeo.cli.train import config_from_args, run_config
-from progeo.config import (AugmentSettings, EvalSettings, GroupsConfig, ModelConfig, PretrainConfig, Stage1Config,
-                           Stage2Config)
+from progeo.config import (AugmentSettings, EvalSettings, GroupsConfig, LossSettings, ModelConfig, OptimSettings,
+                           PretrainConfig, PromptOptimSettings, Stage1Config, Stage2Config)
 from progeo.config_files import config_fields, config_to_dict, flat_config, load_config, save_config
 from progeo.errors import CheckpointError, ConfigError
 from progeo.train.engine import run_training
@@ -165,3 +165,28 @@ def test_a_bad_value_in_a_section_is_named_by_its_flag():
         load_config(Stage2Config, overrides={"eval_batch_size": 0})
     with pytest.raises(ConfigError, match=r"hue=0\.9 must lie in \[0, 0\.5\]"):
         load_config(Stage2Config, overrides={"augment": {"hue": 0.9}})
+
+
+def test_optimiser_and_loss_settings_are_sections_set_by_their_flat_names(tmp_path):
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("lr: 2.0e-5\nclassifiers_lr: 0.02\ncosface_s: 20\ntext_loss: false\ntriplet_weight: 0.5\n"
+                    "triplet_mining: all\n")
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("optim: {lr: 2.0e-5, classifiers-lr: 0.02}\n"
+                      "loss: {cosface_s: 20, text_loss: false, triplet_weight: 0.5, triplet_mining: all}\n")
+    cfg = load_config(Stage2Config, flat)
+    assert cfg == load_config(Stage2Config, nested)
+    assert cfg.optim == OptimSettings(lr=2e-5, classifiers_lr=0.02)
+    assert cfg.loss == LossSettings(cosface_s=20.0, text_loss=False, triplet_weight=0.5, triplet_mining="all")
+    assert json.loads(save_config(cfg, tmp_path / "config.json").read_text())["loss"]["cosface_s"] == 20.0
+    args = build_parser().parse_args(["train", "stage1", "--lr", "0.5", "--lr-schedule", "global",
+                                      "--weight-decay", "0.1"])
+    assert config_from_args(Stage1Config, args).optim == PromptOptimSettings(0.5, "global", 0.1)
+    path = tmp_path / "bad.yaml"
+    path.write_text("loss:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"'loss\.lr' .* misplaced; write it as lr"):
+        load_config(Stage2Config, path)
+    with pytest.raises(ConfigError, match=r"label_smoothing=1\.0 must lie in \[0, 1\)"):
+        load_config(Stage2Config, overrides={"label_smoothing": 1.0})
+    with pytest.raises(ConfigError, match=r"classifiers_lr=0\.0 must be > 0"):
+        load_config(Stage2Config, overrides={"optim": {"classifiers_lr": 0}})

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from progeo.config import ModelConfig, PretrainConfig, Stage1Config, Stage2Config
+from progeo.config import LossSettings, ModelConfig, OptimSettings, PretrainConfig, Stage1Config, Stage2Config
 
 pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"), pytest.mark.slow]
 
@@ -69,7 +69,7 @@ def test_pretrain_stage1_stage2_on_cuda_with_amp(tiny_world, tmp_path):
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
     cfg = Stage2Config(train_set=str(tiny_world / "train"), val_set=str(tiny_world / "val"), model=ModelConfig("tiny-rn", str(pre.checkpoint)),
                        prompts=str(stage1.prompts_path), out_dir=str(tmp_path / "s2"),
-                       image_size=64, groups_num=1, epochs=3, iterations_per_epoch=8, batch_size=16, lr=1e-3,
+                       image_size=64, groups_num=1, epochs=3, iterations_per_epoch=8, batch_size=16, optim=OptimSettings(lr=1e-3),
                        device="cuda", progress=False, tensorboard=False, groups_cache_dir=str(tmp_path / "groups"),
                        test_set=str(tiny_world / "test"))
     killed = run_stage2(dataclasses.replace(cfg, stop_after=12))  # "killed" in epoch 1, then resumed on the GPU
@@ -109,8 +109,8 @@ def test_stage2_under_nccl_on_one_gpu(tiny_world, tmp_path):
     """The DistributedDataParallel path with the NCCL backend (one GPU: world size 1)."""
     assert torch.distributed.is_nccl_available()
     cfg = Stage2Config(train_set=str(tiny_world / "train"), val_set=str(tiny_world / "val"), model=ModelConfig("tiny-vit"),
-                       text_loss=False, out_dir=str(tmp_path / "run"), image_size=64, groups_num=2, epochs=2,
-                       iterations_per_epoch=4, batch_size=8, lr=1e-4, freeze_trans=2, device="cuda",
+                       loss=LossSettings(text_loss=False), out_dir=str(tmp_path / "run"), image_size=64, groups_num=2,
+                       epochs=2, iterations_per_epoch=4, batch_size=8, optim=OptimSettings(lr=1e-4), freeze_trans=2, device="cuda",
                        progress=False, tensorboard=False, groups_cache_dir=str(tmp_path / "groups"))
     mp.spawn(_nccl_worker, args=(_free_port(), cfg, str(tmp_path)), nprocs=1, join=True)
     assert np.isfinite(float((tmp_path / "nccl_ok.txt").read_text()))

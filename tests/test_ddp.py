@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from progeo.config import ModelConfig, Stage2Config
+from progeo.config import LossSettings, ModelConfig, OptimSettings, Stage2Config
 
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]  # real processes
@@ -49,8 +49,8 @@ def test_two_gloo_processes_train_identical_weights(tiny_world, tmp_path):
     TrainSet.open(tiny_world / "train", GroupsConfig(), cache_dir=tmp_path / "groups")  # cache built once, not raced
     run = tmp_path / "run"
     cfg = Stage2Config(train_set=str(tiny_world / "train"), val_set=str(tiny_world / "val"), model=ModelConfig("tiny-vit"),
-                       text_loss=False, out_dir=str(run), image_size=64, groups_num=2, epochs=2,
-                       iterations_per_epoch=3, batch_size=8, lr=1e-4, freeze_trans=2, device="cpu", progress=False,
+                       loss=LossSettings(text_loss=False), out_dir=str(run), image_size=64, groups_num=2, epochs=2,
+                       iterations_per_epoch=3, batch_size=8, optim=OptimSettings(lr=1e-4), freeze_trans=2, device="cpu", progress=False,
                        tensorboard=False, groups_cache_dir=str(tmp_path / "groups"))
     mp.spawn(_worker, args=(_free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
     a, b = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
@@ -100,7 +100,7 @@ def test_a_locked_run_folder_stops_every_rank(tiny_world, tmp_path):
     try:
         assert holder.stdout.readline().strip() == b"locked"
         cfg = Stage2Config(train_set=str(tiny_world / "train"), val_set=str(tiny_world / "val"), model=ModelConfig("tiny-vit"),
-                           text_loss=False, out_dir=str(run), device="cpu", progress=False, tensorboard=False)
+                           loss=LossSettings(text_loss=False), out_dir=str(run), device="cpu", progress=False, tensorboard=False)
         mp.spawn(_refused_worker, args=(_free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
     finally:
         holder.kill()

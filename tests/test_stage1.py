@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from progeo.config import ModelConfig, Stage1Config
+from progeo.config import ModelConfig, PromptOptimSettings, Stage1Config
 from progeo.errors import ConfigError
 
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _cfg(tiny_world, tmp_path, **kw) -> Stage1Config:
     base = dict(train_set=str(tiny_world / "train"), model=ModelConfig("tiny-vit"), out_dir=str(tmp_path / "stage1"),
-                image_size=None, epochs=12, batch_size=64, groups_num=2, lr=0.01, device="cpu", progress=False,
+                image_size=None, epochs=12, batch_size=64, groups_num=2, device="cpu", progress=False,
                 tensorboard=False, feature_cache_dir=str(tmp_path / "features"), groups_cache_dir=str(tmp_path / "groups"))
     base.update(kw)
     return Stage1Config(**base)
@@ -127,7 +127,8 @@ def test_stage1_lr_per_step_follows_a_cosine_per_group(tiny_world, tmp_path, sch
     seen: list[float] = []
     handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: seen.append(opt.param_groups[0]["lr"]))
     epochs, groups, lr = 10, 3, 0.01
-    kw = dict(epochs=epochs, groups_num=groups, lr=lr, lr_schedule=schedule, checkpoint_every=1)
+    kw = dict(epochs=epochs, groups_num=groups, checkpoint_every=1,
+              optim=PromptOptimSettings(lr=lr, lr_schedule=schedule))
     try:
         stopped = run_stage1(_cfg(tiny_world, tmp_path, stop_after=7, **kw))
         assert stopped.stopped
@@ -157,4 +158,4 @@ def test_stage1_lr_per_step_follows_a_cosine_per_group(tiny_world, tmp_path, sch
 
 def test_stage1_lr_schedule_is_checked(tmp_path):
     with pytest.raises(ConfigError, match="lr_schedule='cosine'.*per_group.*global"):
-        Stage1Config(train_set=str(tmp_path), lr_schedule="cosine").check()
+        Stage1Config(train_set=str(tmp_path), optim=PromptOptimSettings(lr_schedule="cosine")).check()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from progeo.config import ModelConfig, Stage1Config, Stage2Config
+from progeo.config import LossSettings, ModelConfig, OptimSettings, Stage1Config, Stage2Config
 from progeo.errors import ConfigError
 
 
@@ -30,7 +30,7 @@ def prompts(tiny_world, tmp_path_factory):
 def _cfg(tiny_world, tmp_path, prompts, **kw) -> Stage2Config:
     base = dict(train_set=str(tiny_world / "train"), val_set=str(tiny_world / "val"), model=ModelConfig("tiny-vit"),
                 prompts=str(prompts) if prompts else None, out_dir=str(tmp_path / "stage2"), image_size=64, groups_num=1, epochs=3,
-                iterations_per_epoch=6, batch_size=12, lr=3e-4, freeze_trans=2, device="cpu", progress=False,
+                iterations_per_epoch=6, batch_size=12, optim=OptimSettings(lr=3e-4), freeze_trans=2, device="cpu", progress=False,
                 tensorboard=False, groups_cache_dir=str(tmp_path / "groups"))
     base.update(kw)
     return Stage2Config(**base)
@@ -42,7 +42,7 @@ def test_stage2_trains_and_writes_a_run_folder(tiny_world, tmp_path, prompts):
     from progeo.train.stage2 import run_stage2
 
     cfg = _cfg(tiny_world, tmp_path, prompts, test_set=str(tiny_world / "test"),
-               test_queries=("queries", "queries_night"), tensorboard=True, triplet_weight=0.5)
+               test_queries=("queries", "queries_night"), tensorboard=True, loss=LossSettings(triplet_weight=0.5))
     result = run_stage2(cfg)
     hist = result.val_history
     assert [h["epoch"] for h in hist] == [0, 1, 2] and not result.stopped
@@ -65,7 +65,7 @@ def test_stage2_trains_and_writes_a_run_folder(tiny_world, tmp_path, prompts):
 def test_no_text_loss_is_plain_cosplace_without_prompts(tiny_world, tmp_path):
     from progeo.train.stage2 import run_stage2
 
-    cfg = _cfg(tiny_world, tmp_path, None, text_loss=False, epochs=1, iterations_per_epoch=3,
+    cfg = _cfg(tiny_world, tmp_path, None, loss=LossSettings(text_loss=False), epochs=1, iterations_per_epoch=3,
                normalization="clip")
     result = run_stage2(cfg)
     assert "train_text" not in result.val_history[0] and "train_cosface" in result.val_history[0]

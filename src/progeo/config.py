@@ -1,6 +1,7 @@
 """Configuration of the training stages: dataclasses whose defaults are the paper's values.
 
-Settings are grouped in sections (``model``, ``groups``: :class:`GroupsConfig`, ``augment``, ``eval``) that the
+Settings are grouped in sections (``model``, ``groups``: :class:`GroupsConfig`, ``optim``, ``loss``,
+``augment``, ``eval``) that the
 stages use whole. Every setting is a command-line flag (``--flat-name``) and a key of a YAML/JSON
 config file (``--config FILE``), flat (``M``, ``eval_batch_size``) or inside its section (``groups:
 {M: 20}``); :func:`progeo.config_files.flat_fields` is the one mapping of flat names onto fields,
@@ -134,6 +135,57 @@ class EvalSettings:
             raise ConfigError(f"recall_values={self.recall_values} must be positive integers, e.g. 1 5 10 20")
 
 
+@dataclass(frozen=True)
+class PromptOptimSettings:
+    """Stage 1's optimiser of the prompt learners, the ``optim`` section of :class:`Stage1Config`."""
+
+    lr: float = _opt(0.01, "Adam learning rate of the prompt learners", paper=True)
+    lr_schedule: str = _opt("per_group", "cosine annealing: per_group, one cosine per group over its own epochs "
+                                         "(the authors'), or global, one over all epochs")
+    weight_decay: float = _opt(0.0, "Adam weight decay of the prompt learners", paper=True)
+
+    def __post_init__(self) -> None:
+        _positive(self, "lr")
+        _positive(self, "weight_decay", zero=True)
+        if self.lr_schedule not in ("per_group", "global"):
+            raise ConfigError(f"lr_schedule={self.lr_schedule!r} is not a stage-1 schedule; choose per_group (a "
+                              "cosine per group over its own epochs, as the authors) or global (one over all epochs)")
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """Stage 2's optimisers, the ``optim`` section of :class:`Stage2Config`."""
+
+    lr: float = _opt(1e-5, "Adam learning rate of the image encoder", paper=True)
+    classifiers_lr: float = _opt(0.01, "Adam learning rate of each group's CosFace classifier", paper=True)
+
+    def __post_init__(self) -> None:
+        _positive(self, "lr", "classifiers_lr")
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """Stage 2's losses (SPEC 1.5), the ``loss`` section of :class:`Stage2Config`."""
+
+    cosface_s: float = _opt(30.0, "CosFace scale s multiplying the cosine logits", paper=True)
+    cosface_m: float = _opt(0.4, "CosFace margin m subtracted from the true class's cosine", paper=True)
+    text_loss: bool = _opt(True, "add ProGEO's image-to-text loss against the stage-1 prompts (--no-text-loss: "
+                                 "plain CosPlace, no prompts needed)")
+    text_loss_weight: float = _opt(1.0, "weight of the image-to-text loss added to the CosFace loss", paper=True)
+    label_smoothing: float = _opt(0.1, "label smoothing epsilon of the image-to-text cross-entropy", paper=True)
+    triplet_weight: float = _opt(0.0, "weight of an added soft triplet loss (0: off)", paper=True)
+    triplet_mining: str = _opt("batch_hard", "triplets of the soft triplet loss: batch_hard (hardest positive "
+                                             "and negative per anchor) or all")
+
+    def __post_init__(self) -> None:
+        _positive(self, "cosface_s")
+        _positive(self, "text_loss_weight", "triplet_weight", "cosface_m", zero=True)
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing={self.label_smoothing} must lie in [0, 1)")
+        if self.triplet_mining not in ("batch_hard", "all"):
+            raise ConfigError(f"triplet_mining={self.triplet_mining!r}: choose 'batch_hard' or 'all'")
+
+
 def eval_config(cfg, device, **changes):
     """The :class:`~progeo.eval.evaluate.EvalConfig` of run ``cfg``'s ``eval`` section on ``device``."""
     from progeo.eval.evaluate import EvalConfig
@@ -208,10 +260,7 @@ class Stage1Config(ResumeFields, RunConfig):
                               "README runs stage 1 with 1)")
     epochs: int = _opt(480, "epochs in total; epoch e trains the prompts of group e mod groups_num", paper=True)
     batch_size: int = _opt(512, "cached image features per step", paper=True)
-    lr: float = _opt(0.01, "Adam learning rate of the prompt learners", paper=True)
-    lr_schedule: str = _opt("per_group", "cosine annealing: per_group, one cosine per group over its own epochs "
-                                         "(the authors'), or global, one over all epochs")
-    weight_decay: float = _opt(0.0, "Adam weight decay of the prompt learners", paper=True)
+    optim: PromptOptimSettings = dataclasses.field(default_factory=PromptOptimSettings)
     template: str = _opt("A photo of a X X X X street.", "prompt template; each X is a learned context token",
                          paper=True)
     temperature: float = _opt(1.0, "SupCon temperature tau (of raw features unless normalize_features)", paper=True)
@@ -225,11 +274,7 @@ class Stage1Config(ResumeFields, RunConfig):
 
     def check(self) -> None:
         super().check()
-        _positive(self, "groups_num", "epochs", "batch_size", "feature_batch_size", "lr", "temperature", "image_size")
-        _positive(self, "weight_decay", zero=True)
-        if self.lr_schedule not in ("per_group", "global"):
-            raise ConfigError(f"lr_schedule={self.lr_schedule!r} is not a stage-1 schedule; choose per_group (a "
-                              "cosine per group over its own epochs, as the authors) or global (one over all epochs)")
+        _positive(self, "groups_num", "epochs", "batch_size", "feature_batch_size", "temperature", "image_size")
 
 
 @dataclass
@@ -268,33 +313,18 @@ class Stage2Config(ResumeFields, RunConfig):
     epochs: int = _opt(64, "training epochs of iterations_per_epoch steps each, then validation", paper=True)
     iterations_per_epoch: int = _opt(10_000, "training steps per epoch", paper=True)
     batch_size: int = _opt(32, "images per step over all processes, split evenly under torchrun", paper=True)
-    lr: float = _opt(1e-5, "Adam learning rate of the image encoder", paper=True)
-    classifiers_lr: float = _opt(0.01, "Adam learning rate of each group's CosFace classifier", paper=True)
+    optim: OptimSettings = dataclasses.field(default_factory=OptimSettings)
     preload_images: bool | None = _opt(None, "keep the used groups' images decoded in memory (none: when they "
                                              "fit in preload_max_gib)")
     preload_max_gib: float = _opt(4.0, "memory, in GiB, that preloaded images may take when preload_images is "
                                        "none")
-    # losses
-    cosface_s: float = _opt(30.0, "CosFace scale s multiplying the cosine logits", paper=True)
-    cosface_m: float = _opt(0.4, "CosFace margin m subtracted from the true class's cosine", paper=True)
-    text_loss: bool = _opt(True, "add ProGEO's image-to-text loss against the stage-1 prompts (--no-text-loss: "
-                                 "plain CosPlace, no prompts needed)")
-    text_loss_weight: float = _opt(1.0, "weight of the image-to-text loss added to the CosFace loss", paper=True)
-    label_smoothing: float = _opt(0.1, "label smoothing epsilon of the image-to-text cross-entropy", paper=True)
-    triplet_weight: float = _opt(0.0, "weight of an added soft triplet loss (0: off)", paper=True)
-    triplet_mining: str = _opt("batch_hard", "triplets of the soft triplet loss: batch_hard (hardest positive "
-                                             "and negative per anchor) or all")
+    loss: LossSettings = dataclasses.field(default_factory=LossSettings)
+
     def check(self) -> None:
         super().check()
-        _positive(self, "groups_num", "epochs", "iterations_per_epoch", "batch_size", "image_size", "lr",
-                  "classifiers_lr", "cosface_s")
-        _positive(self, "text_loss_weight", "triplet_weight", "cosface_m", zero=True)
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"label_smoothing={self.label_smoothing} must lie in [0, 1)")
+        _positive(self, "groups_num", "epochs", "iterations_per_epoch", "batch_size", "image_size")
         if self.normalization not in ("imagenet", "clip"):
             raise ConfigError(f"normalization={self.normalization!r}: choose 'imagenet' or 'clip'")
-        if self.triplet_mining not in ("batch_hard", "all"):
-            raise ConfigError(f"triplet_mining={self.triplet_mining!r}: choose 'batch_hard' or 'all'")
         if not 0 <= self.freeze_cnn <= 4:
             raise ConfigError(f"freeze_cnn={self.freeze_cnn} must be between 0 and 4")
         if self.freeze_trans < 0:
@@ -310,4 +340,5 @@ def _positive(cfg, *names: str, zero: bool = False) -> None:
 
 
 __all__ = ["RunConfig", "ResumeFields", "PretrainConfig", "Stage1Config", "Stage2Config", "ModelConfig",
-           "GroupsConfig", "AugmentSettings", "EvalSettings", "eval_config"]
+           "GroupsConfig", "AugmentSettings", "EvalSettings", "PromptOptimSettings", "OptimSettings", "LossSettings",
+           "eval_config"]

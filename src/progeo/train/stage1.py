@@ -91,9 +91,9 @@ def stage1_lr(epoch: int, cfg: Stage1Config) -> float:
     cosine from ``lr`` to 0 over ``T = epochs // groups_num`` epochs (a group with one epoch more than
     ``T`` trains its last at 0, as ``CosineAnnealingLR(T_max=T)`` gives). ``global``: one cosine over all epochs.
     """
-    if cfg.lr_schedule == "global":
-        return cosine_lr(epoch, cfg.epochs, cfg.lr)
-    return cosine_lr(epoch // cfg.groups_num, max(1, cfg.epochs // cfg.groups_num), cfg.lr)
+    if cfg.optim.lr_schedule == "global":
+        return cosine_lr(epoch, cfg.epochs, cfg.optim.lr)
+    return cosine_lr(epoch // cfg.groups_num, max(1, cfg.epochs // cfg.groups_num), cfg.optim.lr)
 
 
 class Stage1(TrainingStage):
@@ -117,8 +117,8 @@ class Stage1(TrainingStage):
         torch.manual_seed(cfg.seed)
         self.learners = [PromptLearner.from_template(len(g), self.text_encoder, tokenizer, cfg.template).to(device)
                          for g in self.groups]
-        self.optimizer = torch.optim.Adam([p for pl in self.learners for p in pl.parameters()], lr=cfg.lr,
-                                          weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.Adam([p for pl in self.learners for p in pl.parameters()], lr=cfg.optim.lr,
+                                          weight_decay=cfg.optim.weight_decay)
         self.scaler = make_grad_scaler(device, cfg.amp)
         self.on_device: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         log.info("stage 1: %d group(s), %s classes, %d images, %d epochs, batch %d on %s", len(self.groups),

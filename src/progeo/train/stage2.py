@@ -103,12 +103,12 @@ class Stage2(TrainingStage):
         y = labels.to(device)
         with autocast(device, enabled=cfg.amp):
             desc = self.model(x)
-        losses = {"cosface": F.cross_entropy(self.classifier(desc, y), y)}
+        losses, lc = {"cosface": F.cross_entropy(self.classifier(desc, y), y)}, cfg.loss
         if self.text is not None:
-            losses["text"] = cfg.text_loss_weight * label_smoothed_cross_entropy(desc.float() @ self.text.t(), y,
-                                                                                 cfg.label_smoothing)
-        if cfg.triplet_weight > 0:
-            losses["triplet"] = cfg.triplet_weight * soft_triplet_loss(desc.float(), y, cfg.triplet_mining)
+            losses["text"] = lc.text_loss_weight * label_smoothed_cross_entropy(desc.float() @ self.text.t(), y,
+                                                                                lc.label_smoothing)
+        if lc.triplet_weight > 0:
+            losses["triplet"] = lc.triplet_weight * soft_triplet_loss(desc.float(), y, lc.triplet_mining)
         loss = sum(losses.values())
         mean_loss = finite(loss)
         parts.optimizer.zero_grad(set_to_none=True)
@@ -138,7 +138,7 @@ class Stage2(TrainingStage):
         row.update({f"val_{k}": v for k, v in recalls.items() if k.startswith("R@")})
         self.history.append(row)
         if info.is_main:
-            provenance = {"stage": "stage2", "epoch": epoch, "val": recalls, "text_loss": cfg.text_loss}
+            provenance = {"stage": "stage2", "epoch": epoch, "val": recalls, "text_loss": cfg.loss.text_loss}
             save_model(parts.model, run.path / LAST_NAME, provenance=provenance)
             if r1 > self.best_r1:
                 save_model(parts.model, run.path / BEST_NAME, provenance=provenance)
@@ -184,7 +184,7 @@ class Stage2(TrainingStage):
             result.test_recalls = _test(cfg, result.best_model, self.device)
         ddp.barrier(info)
         result.seconds = time.perf_counter() - self.ctx.started
-        run.write_metrics({"stage": "stage2", "text_loss": cfg.text_loss, "best_val_R@1": self.best_r1,
+        run.write_metrics({"stage": "stage2", "text_loss": cfg.loss.text_loss, "best_val_R@1": self.best_r1,
                            "best_epoch": self.best_epoch, "val_history": self.history, "test": result.test_recalls,
                            "seconds": result.seconds, "stopped_early": stopped, "world_size": info.world_size})
         return result

@@ -40,7 +40,7 @@ def build_parts(cfg: Stage2Config, device: torch.device, info) -> Stage2Parts:
 
     if not cfg.train_set or not cfg.val_set:
         raise ConfigError("stage 2 needs --train-set FOLDER and --val-set FOLDER (train_set / val_set in a config file)")
-    if cfg.text_loss and not cfg.prompts:
+    if cfg.loss.text_loss and not cfg.prompts:
         raise ConfigError("stage 2 with the text loss needs the stage-1 prompts: --prompts FILE "
                           "(or --no-text-loss for plain CosPlace training)")
     train_set = TrainSet.open(cfg.train_set, cfg.groups, cache_dir=cfg.groups_cache_dir)
@@ -51,9 +51,9 @@ def build_parts(cfg: Stage2Config, device: torch.device, info) -> Stage2Parts:
             TestSet(cfg.test_set, queries, cfg.eval.positive_dist)
 
     clip = load_clip(cfg.model.backbone, weights=cfg.model.weights, quick_gelu=cfg.model.quick_gelu)
-    text_features = _text_features(cfg, clip, groups, device) if cfg.text_loss else []
+    text_features = _text_features(cfg, clip, groups, device) if cfg.loss.text_loss else []
     model = GeoLocalizer.from_clip(clip, fc_output_dim=cfg.fc_output_dim, image_size=cfg.image_size,
-                                   provenance={"train_set": str(cfg.train_set), "text_loss": cfg.text_loss})
+                                   provenance={"train_set": str(cfg.train_set), "text_loss": cfg.loss.text_loss})
     if cfg.normalization == "imagenet":
         model.config.preprocess = dataclasses.replace(model.config.preprocess, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     if text_features and text_features[0].shape[1] != model.descriptor_dim:
@@ -61,10 +61,10 @@ def build_parts(cfg: Stage2Config, device: torch.device, info) -> Stage2Parts:
                           f"text features; use fc_output_dim={text_features[0].shape[1]} (or --no-text-loss)")
     trainable = model.freeze(freeze_cnn=cfg.freeze_cnn, freeze_trans=cfg.freeze_trans, train_all_layers=cfg.train_all_layers)
     model.to(device)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr)
     torch.manual_seed(cfg.seed)  # identical classifiers in every process
-    classifiers = [CosFace(model.descriptor_dim, len(g), s=cfg.cosface_s, m=cfg.cosface_m) for g in groups]
-    classifier_optimizers = [torch.optim.Adam(c.parameters(), lr=cfg.classifiers_lr) for c in classifiers]
+    classifiers = [CosFace(model.descriptor_dim, len(g), s=cfg.loss.cosface_s, m=cfg.loss.cosface_m) for g in groups]
+    classifier_optimizers = [torch.optim.Adam(c.parameters(), lr=cfg.optim.classifiers_lr) for c in classifiers]
     pre = model.preprocess_config
     augment = BatchAugment(AugmentConfig(model.image_size, pre.mean, pre.std, **dataclasses.asdict(cfg.augment)))
     source = _image_source(cfg, train_set, groups)
@@ -73,7 +73,8 @@ def build_parts(cfg: Stage2Config, device: torch.device, info) -> Stage2Parts:
         val_images = PreloadedImages(val_set.images_paths, cfg.image_size, np.arange(len(val_set)),
                                      num_workers=cfg.num_workers, progress=cfg.progress).pixels
     log.info("stage 2: %s, %d-d descriptors, %d trainable tensors, groups %s, text loss %s, %d process(es)",
-             clip.arch, model.descriptor_dim, len(trainable), [len(g) for g in groups], cfg.text_loss, info.world_size)
+             clip.arch, model.descriptor_dim, len(trainable), [len(g) for g in groups], cfg.loss.text_loss,
+             info.world_size)
     return Stage2Parts(groups, source, model, optimizer, classifiers, classifier_optimizers, text_features,
                        augment, val_set, val_images)
 
@@ -83,7 +84,7 @@ def _train_groups(cfg: Stage2Config, train_set) -> list:
     authors, who number groups otherwise), the first ``groups_num`` of those, in the file's order."""
     from progeo.models.prompts import prompt_group_ids
 
-    ids = prompt_group_ids(cfg.prompts) if cfg.text_loss and cfg.prompts else None
+    ids = prompt_group_ids(cfg.prompts) if cfg.loss.text_loss and cfg.prompts else None
     if ids is None:
         return train_set.first_groups(cfg.groups_num)
     if cfg.groups_num > len(ids):
