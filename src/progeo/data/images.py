@@ -133,7 +133,7 @@ def decode_image(
 
 
 _FAIL_FIX = "; replace or delete the file"
-SKIP_HINT = ", or pass --on-bad-image skip to leave unreadable images out"  # where the command has that flag
+_SKIP_HINT = ", or pass --on-bad-image skip to leave unreadable images out"  # where the command has that flag
 
 
 def _bad_image_message(path: str | os.PathLike, exc: BaseException) -> str:
@@ -304,7 +304,7 @@ class ImageBatches:
                 for index, message in batch.errors:
                     if self.on_bad_image == "fail":
                         if "the list is stale" not in message:  # a stale list's message carries its own fix
-                            message += _FAIL_FIX + (SKIP_HINT if self.skip_hint else "")
+                            message += _FAIL_FIX + (_SKIP_HINT if self.skip_hint else "")
                         raise ImageDecodeError(message)
                     logger.warning("left out (--on-bad-image skip): %s; replace or delete the file to include it",
                                    message)

@@ -145,16 +145,14 @@ def image_features(
             raise DatasetError(f"none of the {len(paths)} images could be decoded (e.g. {paths[0]}); check the files")
         feats, file, hit = cached_image_features(
             clip, [paths[i] for i in keep], image_size=image_size, cache_dir=folder, batch_size=batch_size,
-            device=dev, num_workers=num_workers, progress=progress)
+            device=dev, num_workers=num_workers, progress=progress, skip_hint=True)
         return ImageFeatures(l2_normalize(feats), keep, [paths[i] for i in bad_indices], file, hit)
 
     try:
         return extract(bad)
-    except ImageDecodeError as exc:
-        if on_bad_image == "fail":  # the shared feature extractor is also training's, which has no skip option
-            from progeo.data.images import SKIP_HINT
-
-            raise ImageDecodeError(f"{exc}{SKIP_HINT}") from exc
+    except ImageDecodeError:
+        if on_bad_image == "fail":
+            raise
     bad = _scan_bad(clip, paths, image_size, batch_size, num_workers)
     _remember_bad(paths, bad, folder)
     log.warning("leaving out %d undecodable image(s) of %d (on_bad_image=skip), e.g. %s",

@@ -61,10 +61,12 @@ def cached_image_features(
     num_workers: int = 0,
     amp: bool = True,
     progress: bool = True,
+    skip_hint: bool = False,
 ) -> tuple[np.ndarray, Path, bool]:
     """Features (N x D float16, memory-mapped) of ``paths`` under ``clip``'s frozen image tower.
 
     Returns ``(features, file, hit)``; ``hit`` is True when the cache file was reused.
+    ``skip_hint``: an undecodable image's error suggests ``--on-bad-image skip`` (commands that have it).
     """
     visual, size = encoder_at_size(clip, image_size)
     pre = clip.preprocess
@@ -77,13 +79,14 @@ def cached_image_features(
     feats = read_cached_npy(file, key_data, len(paths), np.float16, mmap=True, what="feature cache")
     if feats is not None:
         return feats, file, True
-    feats = _extract(visual, pre, size, paths, file, batch_size, torch.device(device), num_workers, amp, progress)
+    feats = _extract(visual, pre, size, paths, file, batch_size, torch.device(device), num_workers, amp, progress,
+                     skip_hint)
     write_cache_meta(file, key_data, feats)
     return feats, file, False
 
 
 def _extract(visual, pre, size, paths, file: Path, batch_size: int, device: torch.device, num_workers: int,
-             amp: bool, progress: bool) -> np.ndarray:
+             amp: bool, progress: bool, skip_hint: bool) -> np.ndarray:
     from progeo.data.images import iter_image_batches
 
     visual = visual.to(device).eval()
@@ -91,7 +94,7 @@ def _extract(visual, pre, size, paths, file: Path, batch_size: int, device: torc
     std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
     dim = None
     batches = iter_image_batches(paths, size, batch_size=batch_size, num_workers=num_workers,
-                                 resize_mode="center-crop", device=device, skip_hint=False)
+                                 resize_mode="center-crop", device=device, skip_hint=skip_hint)
     file.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(file) as tmp:
         out = None
